@@ -1,0 +1,93 @@
+# lua-resty-ffi for nginx: the one entry point.
+#   make          build the module (and the C demo)
+#   make run      start the demo nginx on 127.0.0.1:20000; make stop
+#   make test     build everything and run the whole test suite
+#   make bench    benchmarks (see bench/)
+
+SHELL := /bin/bash
+
+NGINX ?= /usr/sbin/nginx
+NGINX_SRC ?= /usr/share/nginx/src
+LUAJIT_INC ?= /usr/include/luajit-2.1
+LUAJIT_LIB ?= $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null \
+                      | sed 's,^,/usr/lib/,;s,$$,/libluajit-5.1.so,')
+
+BUILD := build
+LUA_SRC := $(BUILD)/lua-nginx-module
+NGX_BUILD := $(BUILD)/nginx
+MODULE := $(BUILD)/ngx_http_lua_ffi_module.so
+DEMO := examples/c/libdemo.so
+
+CC ?= cc
+CFLAGS_LIB := -O2 -g -Wall -Wextra -Werror -fPIC -pthread
+
+# Debian packages, installed when missing (mk/deps.sh)
+DEPS_BUILD := nginx nginx-dev libnginx-mod-http-lua libnginx-mod-http-ndk \
+	lua-resty-core libluajit2-5.1-dev libpcre3-dev libelf-dev dpkg-dev \
+	gcc make binutils
+DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
+	libipc-run-perl curl
+
+MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
+	admin/*.[ch])
+
+.PHONY: all deps module demo run stop test examples clean bench
+
+all: deps module demo
+
+deps:
+	@sh mk/deps.sh $(DEPS_BUILD)
+
+module: $(MODULE)
+
+demo: $(DEMO)
+
+$(LUA_SRC)/.version:
+	sh mk/lua-src.sh $(LUA_SRC)
+
+# a copy of nginx's configured tree, with lua-nginx-module beside ours so
+# that its generated headers match the packaged module exactly
+$(NGX_BUILD)/objs/Makefile: $(LUA_SRC)/.version config
+	rm -rf $(NGX_BUILD)
+	cp -r $(NGINX_SRC) $(NGX_BUILD)
+	cd $(NGX_BUILD) && source ./conf_flags \
+	  && LUAJIT_INC=$(LUAJIT_INC) LUAJIT_LIB=$(LUAJIT_LIB) \
+	     NGX_LUA_SRC=$(CURDIR)/$(LUA_SRC) \
+	     ./configure "$${NGX_CONF_FLAGS[@]}" \
+	     --with-cc-opt="-g -O2 -fstack-protector-strong -Wformat \
+	       -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2" \
+	     --with-ld-opt="-Wl,-z,relro -Wl,-z,now -fPIC" \
+	     --add-dynamic-module=$(CURDIR)/$(LUA_SRC) \
+	     --add-dynamic-module=$(CURDIR) >configure.log 2>&1 \
+	  || { tail -30 configure.log; exit 1; }
+
+$(MODULE): $(NGX_BUILD)/objs/Makefile $(MODULE_SRCS)
+	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile \
+	  objs/ngx_http_lua_ffi_module.so
+	cp $(NGX_BUILD)/objs/ngx_http_lua_ffi_module.so $@
+
+$(DEMO): examples/c/demo.c
+	$(CC) $(CFLAGS_LIB) -shared -o $@ $<
+
+include manager/elf.mk
+
+# ---- the demo ----
+
+run: all
+	@bash mk/demo.sh start
+
+stop:
+	@bash mk/demo.sh stop
+
+# ---- tests ----
+
+test: all
+	@sh mk/deps.sh $(DEPS_TEST)
+	$(MAKE) -s -C t/lib/runtimes
+	$(MAKE) -s build/ffi-elf-check
+	prove -r t/
+
+clean:
+	rm -rf $(BUILD)
+	rm -f $(DEMO)
+	$(MAKE) -s -C t/lib/runtimes clean

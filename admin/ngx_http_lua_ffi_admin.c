@@ -1,0 +1,299 @@
+/*
+ * The admin endpoint (`ffi_admin`): POST reload?lib=NAME and GET status,
+ * JSON in and out, answering once every worker has done its part.
+ */
+
+#include "ngx_http_lua_ffi_manager.h"
+
+
+static ngx_int_t ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r);
+static void ngx_http_lua_ffi_admin_done(void *data, ngx_int_t status,
+    u_char *body, size_t len);
+static void ngx_http_lua_ffi_admin_cleanup(void *data);
+
+
+char *
+ngx_http_lua_ffi_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_lua_ffi_admin_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_send(ngx_http_request_t *r, ngx_int_t status,
+    u_char *body, size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    r->headers_out.status = status;
+
+    if (status == NGX_HTTP_UNPROCESSABLE_ENTITY) {
+        /* nginx 1.22 has no reason phrase of its own for 422 */
+        ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Entity");
+    }
+    r->headers_out.content_length_n = len + 1;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, body, len);
+    *b->last++ = '\n';
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_error(ngx_http_request_t *r, ngx_int_t status,
+    char *msg)
+{
+    u_char  buf[NGX_HTTP_LUA_FFI_ERRLEN + 32], *p;
+
+    p = ngx_cpymem(buf, "{\"error\":", sizeof("{\"error\":") - 1);
+    p = ngx_http_lua_ffi_json_str(p, buf + sizeof(buf) - 1, (u_char *) msg,
+                                  ngx_strlen(msg));
+    *p++ = '}';
+
+    return ngx_http_lua_ffi_admin_send(r, status, buf, p - buf);
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_not_allowed(ngx_http_request_t *r, char *allow)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value.data = (u_char *) allow;
+    h->value.len = ngx_strlen(allow);
+
+    return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_NOT_ALLOWED,
+                                        "method not allowed");
+}
+
+
+/* ffi_admin_token: "Authorization: Bearer TOKEN", compared in full. */
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_authorized(ngx_http_request_t *r, ngx_str_t *token)
+{
+    u_char            diff;
+    size_t            i;
+    ngx_str_t         given;
+    ngx_table_elt_t  *auth;
+
+    if (token->len == 0) {
+        return 1;
+    }
+
+    auth = r->headers_in.authorization;
+    if (auth == NULL || auth->value.len <= sizeof("Bearer ") - 1
+        || ngx_strncasecmp(auth->value.data, (u_char *) "Bearer ",
+                           sizeof("Bearer ") - 1) != 0)
+    {
+        return 0;
+    }
+
+    given.data = auth->value.data + sizeof("Bearer ") - 1;
+    given.len = auth->value.len - (sizeof("Bearer ") - 1);
+
+    if (given.len != token->len) {
+        return 0;
+    }
+
+    for (diff = 0, i = 0; i < given.len; i++) {
+        diff |= given.data[i] ^ token->data[i];
+    }
+
+    return diff == 0;
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_lib(ngx_http_request_t *r, ngx_str_t *name)
+{
+    u_char     *dst, *src;
+    ngx_str_t   value;
+
+    if (ngx_http_arg(r, (u_char *) "lib", 3, &value) != NGX_OK
+        || value.len == 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (value.len > 3 * NGX_HTTP_LUA_FFI_NAMELEN) {
+        return NGX_ERROR;
+    }
+
+    name->data = ngx_pnalloc(r->pool, value.len);
+    if (name->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst = name->data;
+    src = value.data;
+    ngx_unescape_uri(&dst, &src, value.len, 0);
+    name->len = dst - name->data;
+
+    if (name->len == 0 || name->len >= NGX_HTTP_LUA_FFI_NAMELEN
+        || ngx_strlchr(name->data, dst, '\0'))
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      rel, name;
+    ngx_http_cleanup_t            *cln;
+    ngx_http_core_loc_conf_t      *clcf;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_http_get_module_main_conf(r, ngx_http_lua_ffi_module);
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    rel = r->uri;
+
+    if (!clcf->exact_match && !clcf->regex && rel.len >= clcf->name.len) {
+        rel.data += clcf->name.len;
+        rel.len -= clcf->name.len;
+    }
+
+    while (rel.len && rel.data[0] == '/') {
+        rel.data++;
+        rel.len--;
+    }
+
+    if (!ngx_http_lua_ffi_admin_authorized(r, &fmcf->admin_token)) {
+        ngx_http_discard_request_body(r);
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_UNAUTHORIZED,
+                                            "missing or wrong token");
+    }
+
+    if (rel.len == 6 && ngx_strncmp(rel.data, "status", 6) == 0) {
+        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+            ngx_http_discard_request_body(r);
+            return ngx_http_lua_ffi_admin_not_allowed(r, "GET, HEAD");
+        }
+
+    } else if (rel.len == 6 && ngx_strncmp(rel.data, "reload", 6) == 0) {
+        if (r->method != NGX_HTTP_POST) {
+            ngx_http_discard_request_body(r);
+            return ngx_http_lua_ffi_admin_not_allowed(r, "POST");
+        }
+
+    } else {
+        ngx_http_discard_request_body(r);
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_NOT_FOUND,
+                                "no such admin endpoint: use reload or status");
+    }
+
+    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+        ngx_http_discard_request_body(r);
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "the request takes no body");
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_lua_ffi_admin_cleanup;
+    cln->data = r;
+
+    if (rel.data[0] == 's') {
+        r->main->count++;
+
+        if (ngx_http_lua_ffi_status_start(ngx_http_lua_ffi_admin_done, r)
+            != NGX_OK)
+        {
+            r->main->count--;
+            return ngx_http_lua_ffi_admin_error(r,
+                                       NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "status is not available");
+        }
+
+        return NGX_DONE;
+    }
+
+    rc = ngx_http_lua_ffi_admin_lib(r, &name);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "missing lib argument");
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "bad lib argument");
+    }
+
+    r->main->count++;
+
+    if (ngx_http_lua_ffi_reload_start(&name, ngx_http_lua_ffi_admin_done, r)
+        != NGX_OK)
+    {
+        r->main->count--;
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                            "reload is not available");
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_lua_ffi_admin_done(void *data, ngx_int_t status, u_char *body,
+    size_t len)
+{
+    ngx_http_request_t  *r = data;
+
+    ngx_http_finalize_request(r,
+                        ngx_http_lua_ffi_admin_send(r, status, body, len));
+}
+
+
+static void
+ngx_http_lua_ffi_admin_cleanup(void *data)
+{
+    ngx_http_lua_ffi_reload_cancel(data);
+}

@@ -1,0 +1,84 @@
+/*
+ * The hot-reload manager's interfaces: images (shadow copies, ELF checks,
+ * dlopen), the shared zone that carries reloads to every worker, and the
+ * admin endpoint that starts them.
+ */
+
+#ifndef _NGX_HTTP_LUA_FFI_MANAGER_H_INCLUDED_
+#define _NGX_HTTP_LUA_FFI_MANAGER_H_INCLUDED_
+
+
+#include "ngx_http_lua_ffi_module.h"
+#include "ngx_http_lua_ffi_elf.h"
+
+
+#define NGX_HTTP_LUA_FFI_PATHLEN   1024
+#define NGX_HTTP_LUA_FFI_NAMELEN   256
+
+#ifndef NGX_HTTP_UNPROCESSABLE_ENTITY
+#define NGX_HTTP_UNPROCESSABLE_ENTITY  422
+#endif
+
+
+/* What a worker needs to map one version: agreed on in the shared zone. */
+typedef struct {
+    ngx_uint_t        version;
+    uint64_t          hash;
+    int               pin_reason;
+    char              build_id[41];
+    u_char            shadow[NGX_HTTP_LUA_FFI_PATHLEN];
+} ngx_http_lua_ffi_version_t;
+
+
+/* image */
+ngx_int_t ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
+    ngx_http_lua_ffi_main_conf_t *fmcf, ngx_core_conf_t *ccf);
+void ngx_http_lua_ffi_shadow_cleanup(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
+    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
+void ngx_http_lua_ffi_shadow_remove(ngx_http_lua_ffi_version_t *v);
+ngx_http_lua_ffi_image_t *ngx_http_lua_ffi_image_open(
+    ngx_http_lua_ffi_library_t *lib, ngx_http_lua_ffi_version_t *v,
+    u_char *err, size_t errlen);
+void ngx_http_lua_ffi_image_unref(ngx_http_lua_ffi_image_t *img);
+ngx_int_t ngx_http_lua_ffi_library_resolve(ngx_str_t *name, ngx_str_t *path,
+    u_char *err, size_t errlen);
+
+/* registry */
+ngx_http_lua_ffi_library_t *ngx_http_lua_ffi_registry_find(ngx_str_t *name);
+ngx_int_t ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
+    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
+void ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
+    ngx_uint_t version);
+void ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib);
+u_char *ngx_http_lua_ffi_registry_status(u_char *p, u_char *last);
+ngx_http_lua_ffi_library_t *ngx_http_lua_ffi_registry_library(
+    ngx_str_t *path);
+
+/* shared zone and the reload protocol */
+ngx_int_t ngx_http_lua_ffi_shm_add(ngx_conf_t *cf,
+    ngx_http_lua_ffi_main_conf_t *fmcf);
+ngx_int_t ngx_http_lua_ffi_manager_init_worker(ngx_cycle_t *cycle,
+    ngx_http_lua_ffi_main_conf_t *fmcf);
+void ngx_http_lua_ffi_manager_exit_worker(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
+    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
+
+typedef void (*ngx_http_lua_ffi_reload_done_pt)(void *data, ngx_int_t status,
+    u_char *body, size_t len);
+
+ngx_int_t ngx_http_lua_ffi_reload_start(ngx_str_t *name,
+    ngx_http_lua_ffi_reload_done_pt done, void *data);
+ngx_int_t ngx_http_lua_ffi_status_start(
+    ngx_http_lua_ffi_reload_done_pt done, void *data);
+void ngx_http_lua_ffi_reload_cancel(void *data);
+
+/* admin */
+char *ngx_http_lua_ffi_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* helpers */
+u_char *ngx_http_lua_ffi_json_str(u_char *p, u_char *last, u_char *s,
+    size_t len);
+
+
+#endif /* _NGX_HTTP_LUA_FFI_MANAGER_H_INCLUDED_ */

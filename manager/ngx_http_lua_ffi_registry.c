@@ -1,0 +1,868 @@
+/*
+ * The per-worker registry: libraries, their images, the runtimes started
+ * on them and the handles Lua holds; retiring and draining runtimes.
+ */
+
+#include "ngx_http_lua_ffi_manager.h"
+
+
+static ngx_http_lua_ffi_runtime_t *ngx_http_lua_ffi_runtime_start(
+    ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg, ngx_uint_t has_cfg,
+    ngx_uint_t max_queue, int *rc, u_char *err, size_t errlen);
+static void ngx_http_lua_ffi_runtime_check(ngx_http_lua_ffi_runtime_t *rt);
+static void ngx_http_lua_ffi_runtime_reap(ngx_event_t *ev);
+static void ngx_http_lua_ffi_image_drop(ngx_http_lua_ffi_image_t *img);
+
+
+static ngx_uint_t
+ngx_http_lua_ffi_str_eq(ngx_str_t *a, ngx_str_t *b)
+{
+    return a->len == b->len && ngx_memcmp(a->data, b->data, a->len) == 0;
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_str_dup(ngx_str_t *dst, ngx_str_t *src)
+{
+    dst->len = src->len;
+    dst->data = ngx_alloc(src->len + 1, ngx_cycle->log);
+
+    if (dst->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(dst->data, src->data, src->len);
+    dst->data[src->len] = '\0';
+
+    return NGX_OK;
+}
+
+
+ngx_http_lua_ffi_library_t *
+ngx_http_lua_ffi_registry_library(ngx_str_t *path)
+{
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.libraries);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.libraries);
+         q = ngx_queue_next(q))
+    {
+        lib = ngx_queue_data(q, ngx_http_lua_ffi_library_t, link);
+
+        if (ngx_http_lua_ffi_str_eq(&lib->path, path)) {
+            return lib;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* NAME as the admin endpoint gives it: any name Lua loaded it with. */
+
+ngx_http_lua_ffi_library_t *
+ngx_http_lua_ffi_registry_find(ngx_str_t *name)
+{
+    ngx_uint_t                   i;
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.libraries);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.libraries);
+         q = ngx_queue_next(q))
+    {
+        lib = ngx_queue_data(q, ngx_http_lua_ffi_library_t, link);
+
+        for (i = 0; i < lib->nnames; i++) {
+            if (ngx_http_lua_ffi_str_eq(&lib->names[i], name)) {
+                return lib;
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_http_lua_ffi_handle_t *
+ngx_http_lua_ffi_handle_find(ngx_str_t *name, ngx_str_t *cfg,
+    ngx_uint_t has_cfg)
+{
+    ngx_queue_t                 *q, *hq;
+    ngx_http_lua_ffi_handle_t   *h;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.libraries);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.libraries);
+         q = ngx_queue_next(q))
+    {
+        lib = ngx_queue_data(q, ngx_http_lua_ffi_library_t, link);
+
+        for (hq = ngx_queue_head(&lib->handles);
+             hq != ngx_queue_sentinel(&lib->handles);
+             hq = ngx_queue_next(hq))
+        {
+            h = ngx_queue_data(hq, ngx_http_lua_ffi_handle_t, link);
+
+            if (h->has_cfg == has_cfg
+                && ngx_http_lua_ffi_str_eq(&h->lib, name)
+                && ngx_http_lua_ffi_str_eq(&h->cfg, cfg))
+            {
+                return h;
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_http_lua_ffi_library_t *
+ngx_http_lua_ffi_library_get(ngx_str_t *path, ngx_str_t *name,
+    ngx_uint_t flags)
+{
+    ngx_uint_t                   i;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    lib = ngx_http_lua_ffi_registry_library(path);
+
+    if (lib == NULL) {
+        lib = ngx_calloc(sizeof(ngx_http_lua_ffi_library_t), ngx_cycle->log);
+        if (lib == NULL) {
+            return NULL;
+        }
+
+        if (ngx_http_lua_ffi_str_dup(&lib->path, path) != NGX_OK) {
+            ngx_free(lib);
+            return NULL;
+        }
+
+        ngx_queue_init(&lib->images);
+        ngx_queue_init(&lib->handles);
+        lib->shm_index = -1;
+
+        /* the first load decides how the file is mapped */
+        lib->is_global = (flags & NGX_HTTP_LUA_FFI_LOAD_GLOBAL) ? 1 : 0;
+        lib->unpin = (flags & NGX_HTTP_LUA_FFI_LOAD_UNPIN) ? 1 : 0;
+
+        ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.libraries, &lib->link);
+    }
+
+    for (i = 0; i < lib->nnames; i++) {
+        if (ngx_http_lua_ffi_str_eq(&lib->names[i], name)) {
+            return lib;
+        }
+    }
+
+    if (lib->nnames < NGX_HTTP_LUA_FFI_MAX_NAMES
+        && ngx_http_lua_ffi_str_dup(&lib->names[lib->nnames], name) == NGX_OK)
+    {
+        lib->nnames++;
+    }
+
+    return lib;
+}
+
+
+/*
+ * ngx.load_ffi(): the live handle of (name, cfg) if there is one, else a
+ * new runtime on the library's current version, mapping it if needed.
+ */
+
+ngx_http_lua_ffi_handle_t *
+ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
+    ngx_uint_t max_queue, ngx_uint_t flags, ngx_msec_t timeout, int *rc,
+    u_char *err, size_t errlen)
+{
+    ngx_str_t                    path;
+    ngx_http_lua_ffi_image_t    *img;
+    ngx_http_lua_ffi_handle_t   *h;
+    ngx_http_lua_ffi_runtime_t  *rt;
+    ngx_http_lua_ffi_library_t  *lib;
+    ngx_http_lua_ffi_version_t   v;
+    ngx_uint_t                   has_cfg;
+
+    *rc = 0;
+
+    if (!ngx_http_lua_ffi_worker.ready) {
+        ngx_snprintf(err, errlen, "ngx.load_ffi cannot run in the master "
+                     "process (init_by_lua*): a runtime's threads would not "
+                     "survive fork(); load it in init_worker_by_lua* or "
+                     "later%Z");
+        return NULL;
+    }
+
+    has_cfg = (cfg->data != NULL);
+
+    h = ngx_http_lua_ffi_handle_find(name, cfg, has_cfg);
+    if (h) {
+        return h;
+    }
+
+    if (ngx_http_lua_ffi_library_resolve(name, &path, err, errlen) != NGX_OK) {
+        return NULL;
+    }
+
+    lib = ngx_http_lua_ffi_library_get(&path, name, flags);
+    if (lib == NULL) {
+        ngx_snprintf(err, errlen, "no memory%Z");
+        return NULL;
+    }
+
+    if (ngx_http_lua_ffi_shm_current(&lib->path, name, &v, err, errlen)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s", err);
+        return NULL;
+    }
+
+    img = lib->current;
+
+    if (img && img->version != v.version && img->hash != v.hash) {
+        /* replaced while this worker had no runtime on it */
+        lib->current = NULL;
+        ngx_http_lua_ffi_image_drop(img);
+        img = NULL;
+    }
+
+    if (img == NULL) {
+        img = ngx_http_lua_ffi_image_open(lib, &v, err, errlen);
+        if (img == NULL) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s", err);
+            return NULL;
+        }
+
+        img->state = NGX_HTTP_LUA_FFI_IMG_SERVING;
+        lib->current = img;
+        lib->version = v.version;
+    }
+
+    h = ngx_calloc(sizeof(ngx_http_lua_ffi_handle_t) + name->len + cfg->len,
+                   ngx_cycle->log);
+    if (h == NULL) {
+        ngx_snprintf(err, errlen, "no memory%Z");
+        return NULL;
+    }
+
+    rt = ngx_http_lua_ffi_runtime_start(img, cfg, has_cfg, max_queue, rc,
+                                        err, errlen);
+    if (rt == NULL) {
+        ngx_free(h);
+        return NULL;
+    }
+
+    h->library = lib;
+    h->runtime = rt;
+    h->lib.data = (u_char *) &h[1];
+    h->lib.len = name->len;
+    ngx_memcpy(h->lib.data, name->data, name->len);
+    h->cfg.data = h->lib.data + name->len;
+    h->cfg.len = cfg->len;
+    ngx_memcpy(h->cfg.data, cfg->data, cfg->len);
+    h->has_cfg = has_cfg;
+    h->max_queue = max_queue;
+    h->timeout = timeout;
+
+    ngx_queue_insert_tail(&lib->handles, &h->link);
+
+    return h;
+}
+
+
+static ngx_http_lua_ffi_runtime_t *
+ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
+    ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
+    size_t errlen)
+{
+    int                          n;
+    char                        *c;
+    ngx_http_lua_ffi_runtime_t  *rt;
+
+    rt = ngx_calloc(sizeof(ngx_http_lua_ffi_runtime_t) + cfg->len + 1,
+                    ngx_cycle->log);
+    if (rt == NULL) {
+        ngx_snprintf(err, errlen, "no memory%Z");
+        return NULL;
+    }
+
+    if (ngx_http_lua_ffi_queue_init(&rt->queue, max_queue) != NGX_OK) {
+        ngx_free(rt);
+        ngx_snprintf(err, errlen, "cannot create a task queue%Z");
+        return NULL;
+    }
+
+    rt->cfg.data = (u_char *) &rt[1];
+    rt->cfg.len = cfg->len;
+    ngx_memcpy(rt->cfg.data, cfg->data, cfg->len);
+    rt->cfg.data[cfg->len] = '\0';
+
+    rt->image = img;
+    img->refcount++;
+
+    rt->drained.kind = NGX_HTTP_LUA_FFI_TASK_DRAINED;
+    rt->drained.runtime = rt;
+    rt->reaper.handler = ngx_http_lua_ffi_runtime_reap;
+    rt->reaper.data = rt;
+    rt->reaper.log = ngx_cycle->log;
+    rt->reaper.cancelable = 1;
+    rt->generation = img->library->version;
+    rt->started = ngx_current_msec;
+    rt->state = NGX_HTTP_LUA_FFI_RT_STARTING;
+
+    ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.runtimes, &rt->link);
+
+    /* libffi_init may keep nothing of cfg: it gets a copy freed after */
+    c = NULL;
+    if (has_cfg) {
+        c = malloc(cfg->len + 1);
+        if (c == NULL) {
+            ngx_snprintf(err, errlen, "no memory%Z");
+            rt->init_failed = 1;
+            ngx_http_lua_ffi_registry_retire(rt);
+            return NULL;
+        }
+
+        ngx_memcpy(c, cfg->data, cfg->len);
+        c[cfg->len] = '\0';
+    }
+
+    n = img->init(c, rt);
+
+    free(c);
+
+    if (n != 0) {
+        *rc = n;
+        ngx_snprintf(err, errlen, "libffi_init of \"%V\" returned %d%Z",
+                     &img->library->path, n);
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s", err);
+        rt->init_failed = 1;
+        ngx_http_lua_ffi_registry_retire(rt);
+        return NULL;
+    }
+
+    rt->state = NGX_HTTP_LUA_FFI_RT_SERVING;
+
+    return rt;
+}
+
+
+/* Appends the NULL task; the runtime drains from now on. */
+
+void
+ngx_http_lua_ffi_registry_retire(ngx_http_lua_ffi_runtime_t *rt)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    if (rt->state >= NGX_HTTP_LUA_FFI_RT_DRAINING) {
+        return;
+    }
+
+    rt->state = NGX_HTTP_LUA_FFI_RT_DRAINING;
+    rt->drain_started = ngx_current_msec;
+
+    ngx_http_lua_ffi_queue_close(&rt->queue);
+
+    if (rt->init_failed && !ngx_http_lua_ffi_worker.exiting) {
+        /*
+         * A failed libffi_init started nothing that polls (or it breaks
+         * the contract): nobody may ever take the NULL task.
+         */
+        fmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                   ngx_http_lua_ffi_module);
+        ngx_add_timer(&rt->reaper, fmcf->close_grace);
+    }
+}
+
+
+void
+ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt)
+{
+    rt->null_taken = 1;
+    ngx_http_lua_ffi_runtime_check(rt);
+}
+
+
+void
+ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt)
+{
+    if (rt->inflight == 0 && rt->null_taken) {
+        ngx_http_lua_ffi_runtime_check(rt);
+    }
+}
+
+
+static void
+ngx_http_lua_ffi_runtime_check(ngx_http_lua_ffi_runtime_t *rt)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    if (!rt->null_taken || rt->inflight != 0
+        || rt->state == NGX_HTTP_LUA_FFI_RT_DRAINED)
+    {
+        return;
+    }
+
+    rt->state = NGX_HTTP_LUA_FFI_RT_DRAINED;
+
+    if (ngx_http_lua_ffi_worker.exiting) {
+        return;
+    }
+
+    /* its threads may still be returning from our code into theirs */
+    fmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_lua_ffi_module);
+
+    if (rt->reaper.timer_set) {
+        ngx_del_timer(&rt->reaper);
+    }
+
+    ngx_add_timer(&rt->reaper, fmcf->close_grace);
+}
+
+
+static void
+ngx_http_lua_ffi_runtime_reap(ngx_event_t *ev)
+{
+    ngx_http_lua_ffi_runtime_t  *rt = ev->data;
+    ngx_http_lua_ffi_image_t    *img;
+
+    if (rt->state != NGX_HTTP_LUA_FFI_RT_DRAINED
+        && !(rt->init_failed && rt->queue.sleepers == 0 && rt->inflight == 0))
+    {
+        return;
+    }
+
+    ngx_queue_remove(&rt->link);
+    ngx_http_lua_ffi_queue_destroy(&rt->queue);
+
+    img = rt->image;
+    ngx_free(rt);
+
+    ngx_http_lua_ffi_image_unref(img);
+}
+
+
+static void
+ngx_http_lua_ffi_image_drop(ngx_http_lua_ffi_image_t *img)
+{
+    if (img->refcount == 0) {
+        img->refcount = 1;
+        ngx_http_lua_ffi_image_unref(img);
+    }
+}
+
+
+void
+ngx_http_lua_ffi_registry_unload(ngx_http_lua_ffi_handle_t *h)
+{
+    if (h->unloaded) {
+        return;
+    }
+
+    h->unloaded = 1;
+    ngx_queue_remove(&h->link);
+
+    if (h->next) {
+        ngx_http_lua_ffi_registry_retire(h->next);
+        h->next = NULL;
+    }
+
+    if (h->runtime) {
+        ngx_http_lua_ffi_registry_retire(h->runtime);
+        h->runtime = NULL;
+    }
+
+    if (h->lua_refs == 0) {
+        ngx_free(h);
+    }
+}
+
+
+void
+ngx_http_lua_ffi_registry_release(ngx_http_lua_ffi_handle_t *h)
+{
+    if (h->lua_refs) {
+        h->lua_refs--;
+    }
+
+    if (h->unloaded && h->lua_refs == 0) {
+        ngx_free(h);
+    }
+}
+
+
+/*
+ * Reload, first half: a fresh runtime for every live handle of the
+ * library, on the new image or (file unchanged) on the current one. None
+ * of them serves before commit.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
+    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
+{
+    int                          rc;
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_image_t    *img;
+    ngx_http_lua_ffi_handle_t   *h;
+
+    if (ngx_queue_empty(&lib->handles)) {
+        return NGX_OK;
+    }
+
+    img = lib->current;
+
+    if (img == NULL || img->hash != v->hash) {
+        img = ngx_http_lua_ffi_image_open(lib, v, err, errlen);
+        if (img == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* an image that never served goes as soon as it is unused */
+        img->pinned = (v->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE);
+        img->refcount++;
+    }
+
+    lib->next = img;
+
+    for (q = ngx_queue_head(&lib->handles);
+         q != ngx_queue_sentinel(&lib->handles);
+         q = ngx_queue_next(q))
+    {
+        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+
+        h->next = ngx_http_lua_ffi_runtime_start(img, &h->cfg, h->has_cfg,
+                                                 h->max_queue, &rc, err,
+                                                 errlen);
+        if (h->next == NULL) {
+            ngx_http_lua_ffi_registry_abort(lib);
+            return NGX_ERROR;
+        }
+
+        h->next->generation = v->version;
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib)
+{
+    ngx_queue_t                *q;
+    ngx_http_lua_ffi_image_t   *img;
+    ngx_http_lua_ffi_handle_t  *h;
+
+    for (q = ngx_queue_head(&lib->handles);
+         q != ngx_queue_sentinel(&lib->handles);
+         q = ngx_queue_next(q))
+    {
+        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+
+        if (h->next) {
+            ngx_http_lua_ffi_registry_retire(h->next);
+            h->next = NULL;
+        }
+    }
+
+    img = lib->next;
+    lib->next = NULL;
+
+    if (img && img != lib->current) {
+        ngx_http_lua_ffi_image_unref(img);
+    }
+}
+
+
+/* Reload, second half: every handle switches; old runtimes drain. */
+
+void
+ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
+    ngx_uint_t version)
+{
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_image_t    *img, *old;
+    ngx_http_lua_ffi_handle_t   *h;
+    ngx_http_lua_ffi_runtime_t  *prev;
+
+    img = lib->next;
+    lib->next = NULL;
+    old = lib->current;
+
+    lib->version = version;
+    lib->reloads++;
+
+    if (img == NULL) {
+        /* no runtime here: the next load maps the new version */
+        if (old) {
+            lib->current = NULL;
+            ngx_http_lua_ffi_image_drop(old);
+        }
+
+        return;
+    }
+
+    for (q = ngx_queue_head(&lib->handles);
+         q != ngx_queue_sentinel(&lib->handles);
+         q = ngx_queue_next(q))
+    {
+        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+
+        if (h->next == NULL) {
+            continue;
+        }
+
+        prev = h->runtime;
+        h->runtime = h->next;
+        h->next = NULL;
+        h->runtime->generation = version;
+
+        if (prev) {
+            ngx_http_lua_ffi_registry_retire(prev);
+        }
+    }
+
+    img->state = NGX_HTTP_LUA_FFI_IMG_SERVING;
+
+    if (img != old) {
+        lib->current = img;
+        img->pinned = !lib->unpin
+                      || img->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE;
+
+        /* the reference prepare took on behalf of the library */
+        ngx_http_lua_ffi_image_unref(img);
+
+        if (old) {
+            old->state = NGX_HTTP_LUA_FFI_IMG_DRAINING;
+            ngx_http_lua_ffi_image_drop(old);
+        }
+    }
+}
+
+
+/* Worker exit: every runtime gets its NULL task; bounded wait for them. */
+
+void
+ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle)
+{
+    ngx_msec_t                     deadline, now;
+    ngx_uint_t                     pending;
+    ngx_queue_t                   *q;
+    ngx_http_lua_ffi_runtime_t    *rt;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_lua_ffi_module);
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.runtimes);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.runtimes);
+         q = ngx_queue_next(q))
+    {
+        rt = ngx_queue_data(q, ngx_http_lua_ffi_runtime_t, link);
+        ngx_http_lua_ffi_registry_retire(rt);
+    }
+
+    ngx_time_update();
+    deadline = ngx_current_msec + fmcf->exit_timeout;
+
+    for ( ;; ) {
+        pending = 0;
+
+        for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.runtimes);
+             q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.runtimes);
+             q = ngx_queue_next(q))
+        {
+            rt = ngx_queue_data(q, ngx_http_lua_ffi_runtime_t, link);
+
+            if (!rt->null_taken && !rt->init_failed) {
+                pending++;
+            }
+        }
+
+        ngx_time_update();
+        now = ngx_current_msec;
+
+        if (pending == 0) {
+            return;
+        }
+
+        if ((ngx_msec_int_t) (deadline - now) <= 0) {
+            break;
+        }
+
+        (void) ngx_http_lua_ffi_bridge_wait(deadline - now);
+    }
+
+    ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                  "ffi: %ui runtime(s) did not take their NULL task within "
+                  "%M ms (ffi_exit_timeout), exiting anyway",
+                  pending, fmcf->exit_timeout);
+}
+
+
+static const char *
+ngx_http_lua_ffi_rt_state_name(ngx_http_lua_ffi_runtime_t *rt)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    switch (rt->state) {
+
+    case NGX_HTTP_LUA_FFI_RT_STARTING:
+        return "starting";
+
+    case NGX_HTTP_LUA_FFI_RT_SERVING:
+        return "serving";
+
+    case NGX_HTTP_LUA_FFI_RT_DRAINED:
+        return "drained";
+
+    default:
+        fmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                   ngx_http_lua_ffi_module);
+
+        /* draining for longer than a reload may take: it never will */
+        if (!rt->null_taken
+            && ngx_current_msec - rt->drain_started > fmcf->reload_timeout)
+        {
+            return "stuck";
+        }
+
+        return "draining";
+    }
+}
+
+
+static const char *
+ngx_http_lua_ffi_img_state_name(ngx_http_lua_ffi_image_t *img)
+{
+    switch (img->state) {
+
+    case NGX_HTTP_LUA_FFI_IMG_LOADING:
+        return "loading";
+
+    case NGX_HTTP_LUA_FFI_IMG_SERVING:
+        return "serving";
+
+    case NGX_HTTP_LUA_FFI_IMG_DRAINING:
+        return img->refcount ? "draining" : "idle";
+
+    default:
+        return "closed";
+    }
+}
+
+
+static u_char *
+ngx_http_lua_ffi_status_runtimes(u_char *p, u_char *last,
+    ngx_http_lua_ffi_library_t *lib, ngx_uint_t *live, ngx_uint_t *inflight)
+{
+    ngx_uint_t                   n;
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_runtime_t  *rt;
+
+    p = ngx_slprintf(p, last, "[");
+
+    for (n = 0, q = ngx_queue_head(&ngx_http_lua_ffi_worker.runtimes);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.runtimes);
+         q = ngx_queue_next(q))
+    {
+        rt = ngx_queue_data(q, ngx_http_lua_ffi_runtime_t, link);
+
+        if (rt->image->library != lib) {
+            continue;
+        }
+
+        if (rt->state == NGX_HTTP_LUA_FFI_RT_SERVING) {
+            (*live)++;
+        }
+
+        *inflight += rt->inflight;
+
+        p = ngx_slprintf(p, last, "%s{\"cfg\":", n++ ? "," : "");
+        p = ngx_http_lua_ffi_json_str(p, last, rt->cfg.data, rt->cfg.len);
+        p = ngx_slprintf(p, last, ",\"version\":%ui,\"image_version\":%ui,"
+                         "\"state\":\"%s\",\"inflight\":%ui,\"queued\":%ui,"
+                         "\"calls\":%ui,\"refused\":%ui,\"age_ms\":%M}",
+                         rt->generation, rt->image->version,
+                         ngx_http_lua_ffi_rt_state_name(rt), rt->inflight,
+                         rt->queue.size, rt->calls, rt->failed,
+                         ngx_current_msec - rt->started);
+    }
+
+    return ngx_slprintf(p, last, "]");
+}
+
+
+/* This worker's view of its libraries, as JSON, for GET /ffi/status. */
+
+u_char *
+ngx_http_lua_ffi_registry_status(u_char *p, u_char *last)
+{
+    ngx_uint_t                   n, live, inflight, refcount, pinned;
+    ngx_queue_t                 *q, *iq;
+    ngx_http_lua_ffi_image_t    *img;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    p = ngx_slprintf(p, last, "[");
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.libraries);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.libraries);
+         q = ngx_queue_next(q))
+    {
+        lib = ngx_queue_data(q, ngx_http_lua_ffi_library_t, link);
+
+        p = ngx_slprintf(p, last, "%s{\"name\":",
+                         q == ngx_queue_head(&ngx_http_lua_ffi_worker.libraries)
+                         ? "" : ",");
+        p = ngx_http_lua_ffi_json_str(p, last, lib->names[0].data,
+                                      lib->names[0].len);
+        p = ngx_slprintf(p, last, ",\"path\":");
+        p = ngx_http_lua_ffi_json_str(p, last, lib->path.data, lib->path.len);
+
+        refcount = 0;
+        pinned = 0;
+        img = lib->current;
+
+        if (img) {
+            refcount = img->refcount;
+            pinned = img->pinned;
+        }
+
+        p = ngx_slprintf(p, last, ",\"version\":%ui,\"build_id\":\"%s\","
+                         "\"pinned\":%s,\"refcount\":%ui,\"state\":\"%s\","
+                         "\"unpin\":%s,\"is_global\":%s,\"images\":[",
+                         lib->version, img ? img->build_id : "",
+                         pinned ? "true" : "false", refcount,
+                         img ? ngx_http_lua_ffi_img_state_name(img)
+                             : "closed",
+                         lib->unpin ? "true" : "false",
+                         lib->is_global ? "true" : "false");
+
+        for (n = 0, iq = ngx_queue_head(&lib->images);
+             iq != ngx_queue_sentinel(&lib->images);
+             iq = ngx_queue_next(iq))
+        {
+            img = ngx_queue_data(iq, ngx_http_lua_ffi_image_t, link);
+
+            p = ngx_slprintf(p, last, "%s{\"version\":%ui,\"build_id\":\"%s\","
+                             "\"state\":\"%s\",\"refcount\":%ui,"
+                             "\"pinned\":%s,\"pin_reason\":\"%s\"}",
+                             n++ ? "," : "", img->version, img->build_id,
+                             ngx_http_lua_ffi_img_state_name(img),
+                             img->refcount, img->pinned ? "true" : "false",
+                             ngx_http_lua_ffi_pin_reason_name(
+                                                          img->pin_reason));
+        }
+
+        live = 0;
+        inflight = 0;
+
+        p = ngx_slprintf(p, last, "],\"mapped_images\":%ui,\"runtimes\":", n);
+        p = ngx_http_lua_ffi_status_runtimes(p, last, lib, &live, &inflight);
+        p = ngx_slprintf(p, last, ",\"live_runtimes\":%ui,\"inflight\":%ui}",
+                         live, inflight);
+    }
+
+    return ngx_slprintf(p, last, "]");
+}

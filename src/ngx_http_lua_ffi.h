@@ -1,0 +1,125 @@
+/*
+ * The runtime ABI of lua-resty-ffi for nginx: what a library written in C
+ * (or any language with a C ABI) implements and calls. Binary compatible
+ * with upstream lua-resty-ffi; a library needs no header of ours to work.
+ *
+ * THE CONTRACT
+ *
+ * A *library* is a shared object that exports
+ *
+ *     int libffi_init(char *cfg, void *tq);
+ *
+ * Lua calls `ngx.load_ffi(lib, cfg, opts)`. The host (this nginx module, in
+ * each worker process) then:
+ *
+ *   1. checks the file with libelf before anything is mapped: an ELF shared
+ *      object of this machine's class and architecture that exports
+ *      libffi_init as a function; the GNU build-id is recorded;
+ *   2. copies it to a private *shadow copy* and dlopen()s the copy, so that
+ *      a new file dropped at the same path never touches mapped code and
+ *      two versions can be mapped side by side;
+ *   3. creates a task queue `tq` and calls libffi_init(cfg, tq) on the
+ *      worker's event loop thread. cfg is a NUL-terminated copy of the Lua
+ *      string (or NULL), valid only during the call. Return 0 on success;
+ *      any other value is handed to Lua as `nil, rc` and the runtime does
+ *      not exist. libffi_init must not block for long: start your threads
+ *      (or goroutines) and return.
+ *
+ * The pair (library, cfg) is a *runtime*: the threads you started, polling
+ * the queue:
+ *
+ *     void *task = ngx_http_lua_ffi_task_poll(tq);    blocks until a task
+ *     char *req  = ngx_http_lua_ffi_get_req(task, &len);
+ *     ... work, on any thread ...
+ *     ngx_http_lua_ffi_respond(task, rc, rsp, rsp_len);
+ *
+ * Each task is answered exactly once, from any thread. rsp is malloc()ed by
+ * you and free()d by the host (NULL is fine); rsp_len 0 means rsp is a
+ * NUL-terminated string. rc 0 is success (Lua gets `true, rsp`); any other
+ * rc is a failure (Lua gets `false, rc, rsp`). The request buffer belongs to
+ * the host and is valid until you answer; it may be NULL (a call with no
+ * argument) and then len is 0. len may be passed as NULL.
+ *
+ * THE NULL TASK
+ *
+ * When the runtime is retired (runtime:__unload() from Lua, a hot reload
+ * that replaced it, or the worker exiting), the host appends a NULL task
+ * after the pending ones: task_poll() returns every task already queued,
+ * then NULL. On NULL the runtime must stop: answer what it still holds,
+ * let its threads return, and never call into the host with this tq again
+ * (task_poll keeps returning NULL for a while so that every polling thread
+ * of a multi-threaded runtime sees it, but tq is freed after a grace).
+ * A runtime has *drained* when its NULL task was taken and every task it
+ * was given was answered.
+ *
+ * RELOADS, AND WHAT A LIBRARY MUST DO ACROSS THEM
+ *
+ * `POST /ffi/reload?lib=NAME` (or a new file dropped at the library's path
+ * with `ffi_watch on`) gives every live runtime of the library a fresh
+ * start, in every worker:
+ *
+ *   - file changed:   the new file is checked, shadow-copied and dlopen()ed
+ *                     next to the old one; libffi_init(cfg, new_tq) runs on
+ *                     the new image for each live cfg;
+ *   - file unchanged: libffi_init(cfg, new_tq) runs again on the same image
+ *                     (a runtime restart: how the Python, Java and Node.js
+ *                     loaders pick up new code).
+ *
+ * Only when every new libffi_init succeeded in every worker does the switch
+ * happen: new calls go to the new runtimes, and each old runtime gets its
+ * NULL task and drains its in-flight calls. If any libffi_init fails, the
+ * new runtimes get their NULL task instead and the old ones serve on.
+ * So, for a runtime of yours:
+ *
+ *   - two runtimes of the same library (two versions, or the same image
+ *     twice) may be alive at once: keep per-runtime state per tq, not in
+ *     globals that a second libffi_init would clobber;
+ *   - on NULL, run no more of your code after your threads return: the
+ *     image may be dlclose()d once every runtime on it drained and a grace
+ *     period passed (unless pinned). Join your threads where a destructor
+ *     (__attribute__((destructor))) can see them, and do not leave timers,
+ *     signal handlers or atexit() hooks pointing into the image;
+ *   - images are pinned (never dlclose()d) by default, as upstream:
+ *     opts.unpin = true lets an image go once it has drained. Images that
+ *     need the Go runtime, the JVM, libnode or libpython are pinned for
+ *     life whatever opts say, and a changed file of such a library is
+ *     refused (409): restart their runtimes instead.
+ *
+ * States of an image:   loading -> serving -> draining -> closed
+ * States of a runtime:  serving -> draining -> drained (or stuck, when a
+ *                       draining runtime never takes its NULL task)
+ *
+ * hot-reload.md tells the whole lifecycle and how to operate it.
+ */
+
+#ifndef _NGX_HTTP_LUA_FFI_H_INCLUDED_
+#define _NGX_HTTP_LUA_FFI_H_INCLUDED_
+
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
+/* Exported by the library. */
+int libffi_init(char *cfg, void *tq);
+
+/* Provided by the host; thread-safe; may be called from any thread. */
+void *ngx_http_lua_ffi_task_poll(void *tq);
+char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
+void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len);
+
+/*
+ * Batch polling (an extension; task_poll keeps working): takes up to n
+ * tasks at once into tasks[], blocking until at least one is there.
+ * Returns how many were taken; 0 means the NULL task (stop, as above).
+ */
+int ngx_http_lua_ffi_task_poll_batch(void *tq, void **tasks, int n);
+
+
+#ifdef __cplusplus
+}
+#endif
+
+
+#endif /* _NGX_HTTP_LUA_FFI_H_INCLUDED_ */

@@ -1,0 +1,652 @@
+/*
+ * The event-loop bridge: posting a call and yielding the Lua coroutine,
+ * the answering half of the runtime ABI, and the worker's eventfd through
+ * which answers (from any thread) resume their coroutines.
+ */
+
+#include <poll.h>
+
+#include "ngx_http_lua_ffi_module.h"
+#include "ngx_http_lua_util.h"
+
+
+/* free tasks kept for reuse, and the largest request buffer they keep */
+#define NGX_HTTP_LUA_FFI_FREE_TASKS    1024
+#define NGX_HTTP_LUA_FFI_KEEP_BUF      16384
+#define NGX_HTTP_LUA_FFI_KEEPER_MSEC   1000
+
+
+static void ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev);
+static void ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task);
+static void ngx_http_lua_ffi_call_wakeup(ngx_http_lua_ffi_task_t *task);
+static ngx_int_t ngx_http_lua_ffi_call_resume(ngx_http_request_t *r);
+static void ngx_http_lua_ffi_call_cleanup(void *data);
+static void ngx_http_lua_ffi_call_timeout(ngx_event_t *ev);
+static void ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev);
+
+
+ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
+
+/* read by runtime threads: set before any runtime exists */
+static int  ngx_http_lua_ffi_notify_fd = -1;
+
+
+ngx_int_t
+ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
+{
+    ngx_event_t                *rev;
+    ngx_connection_t           *c;
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    c = ngx_get_connection(fd, cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->log = cycle->log;
+    c->data = w;
+
+    rev = c->read;
+    rev->handler = ngx_http_lua_ffi_bridge_handler;
+    rev->log = cycle->log;
+
+    /* answers are signalled once per burst, so edge-triggered suffices */
+    if (ngx_add_event(rev, NGX_READ_EVENT,
+                      (ngx_event_flags & NGX_USE_CLEAR_EVENT)
+                      ? NGX_CLEAR_EVENT : NGX_LEVEL_EVENT)
+        != NGX_OK)
+    {
+        ngx_free_connection(c);
+        return NGX_ERROR;
+    }
+
+    w->notify = c;
+    ngx_http_lua_ffi_notify_fd = fd;
+
+    w->keeper.handler = ngx_http_lua_ffi_keeper_handler;
+    w->keeper.log = cycle->log;
+    w->keeper.data = w;
+    w->keeper.cancelable = 1;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
+{
+    ngx_http_lua_ffi_task_t    *task;
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    if (w->keeper.timer_set) {
+        ngx_del_timer(&w->keeper);
+    }
+
+    if (w->notify) {
+        /* the fd belongs to the master's array: only stop watching it */
+        ngx_del_event(w->notify->read, NGX_READ_EVENT, 0);
+        w->notify->fd = (ngx_socket_t) -1;
+        ngx_free_connection(w->notify);
+        w->notify = NULL;
+    }
+
+    while (w->free_tasks) {
+        task = w->free_tasks;
+        w->free_tasks = task->next;
+        ngx_free(task->inline_buf);
+        ngx_free(task);
+    }
+
+    w->nfree = 0;
+}
+
+
+void
+ngx_http_lua_ffi_bridge_wake(void)
+{
+    ssize_t   n;
+    uint64_t  one = 1;
+
+    /* EAGAIN means the counter is already non-zero: the loop will wake */
+    do {
+        n = write(ngx_http_lua_ffi_notify_fd, &one, sizeof(uint64_t));
+    } while (n == -1 && errno == EINTR);
+}
+
+
+/*
+ * Lock-free push onto the worker's done stack, from any thread. Only the
+ * push that finds the stack empty writes to the eventfd: one syscall per
+ * burst of answers, however many there are.
+ */
+
+void
+ngx_http_lua_ffi_bridge_done_push(ngx_http_lua_ffi_task_t *task)
+{
+    ngx_http_lua_ffi_task_t  *old;
+
+    old = __atomic_load_n(&ngx_http_lua_ffi_worker.done, __ATOMIC_RELAXED);
+
+    do {
+        task->next = old;
+    } while (!__atomic_compare_exchange_n(&ngx_http_lua_ffi_worker.done,
+                                          &old, task, 1, __ATOMIC_RELEASE,
+                                          __ATOMIC_RELAXED));
+
+    if (old == NULL) {
+        ngx_http_lua_ffi_bridge_wake();
+    }
+}
+
+
+NGX_HTTP_LUA_FFI_API void
+ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
+{
+    ngx_http_lua_ffi_task_t  *task = tsk;
+
+    if (task == NULL) {
+        free(rsp);
+        return;
+    }
+
+    /* a second answer to one task is dropped, not delivered twice */
+    if (__atomic_exchange_n(&task->answered, 1, __ATOMIC_ACQ_REL)) {
+        free(rsp);
+        return;
+    }
+
+    if (rsp != NULL && rsp_len <= 0) {
+        rsp_len = (int) strlen(rsp);
+    }
+
+    task->rc = rc;
+    task->rsp = rsp;
+    task->rsp_len = rsp ? rsp_len : 0;
+
+    ngx_http_lua_ffi_bridge_done_push(task);
+}
+
+
+static void
+ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev)
+{
+    ngx_http_lua_ffi_bridge_process();
+    ngx_http_lua_ffi_reload_notified();
+}
+
+
+/* At exit, with no event loop: waits for the eventfd, at most timeout. */
+
+ngx_int_t
+ngx_http_lua_ffi_bridge_wait(ngx_msec_t timeout)
+{
+    struct pollfd  pfd;
+
+    pfd.fd = ngx_http_lua_ffi_notify_fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+
+    if (poll(&pfd, 1, (int) timeout) <= 0) {
+        return NGX_AGAIN;
+    }
+
+    ngx_http_lua_ffi_bridge_process();
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_lua_ffi_bridge_process(void)
+{
+    ssize_t                     rc;
+    uint64_t                    n;
+    ngx_http_lua_ffi_task_t    *task, *next, *fifo;
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    /*
+     * Read the counter before taking the stack: a push that lands after
+     * the take finds the stack empty and writes again, so no answer is
+     * left behind until the next unrelated wakeup.
+     */
+    do {
+        rc = read(ngx_http_lua_ffi_notify_fd, &n, sizeof(uint64_t));
+    } while (rc == -1 && errno == EINTR);
+
+    task = __atomic_exchange_n(&w->done, NULL, __ATOMIC_ACQUIRE);
+
+    for (fifo = NULL; task; task = next) {
+        next = task->next;
+        task->next = fifo;
+        fifo = task;
+    }
+
+    for (task = fifo; task; task = next) {
+        next = task->next;
+
+        if (task->kind == NGX_HTTP_LUA_FFI_TASK_DRAINED) {
+            ngx_http_lua_ffi_registry_drained(task->runtime);
+
+        } else {
+            ngx_http_lua_ffi_call_complete(task);
+        }
+    }
+}
+
+
+ngx_http_lua_ffi_task_t *
+ngx_http_lua_ffi_task_alloc(size_t req_len)
+{
+    ngx_http_lua_ffi_task_t    *task;
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    task = w->free_tasks;
+
+    if (task) {
+        w->free_tasks = task->next;
+        w->nfree--;
+
+    } else {
+        task = ngx_calloc(sizeof(ngx_http_lua_ffi_task_t), w->log);
+        if (task == NULL) {
+            return NULL;
+        }
+    }
+
+    if (req_len > task->inline_size) {
+        ngx_free(task->inline_buf);
+        task->inline_size = 0;
+
+        task->inline_buf = ngx_alloc(req_len, w->log);
+        if (task->inline_buf == NULL) {
+            ngx_free(task);
+            return NULL;
+        }
+
+        task->inline_size = req_len;
+    }
+
+    task->next = NULL;
+    task->co_ctx = NULL;
+    task->rc = 0;
+    task->rsp = NULL;
+    task->rsp_len = 0;
+    task->answered = 0;
+    task->kind = NGX_HTTP_LUA_FFI_TASK_CALL;
+    task->timed_out = 0;
+
+    return task;
+}
+
+
+void
+ngx_http_lua_ffi_task_free(ngx_http_lua_ffi_task_t *task)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    if (task->rsp) {
+        free(task->rsp);
+        task->rsp = NULL;
+    }
+
+    if (w->nfree >= NGX_HTTP_LUA_FFI_FREE_TASKS || w->exiting) {
+        ngx_free(task->inline_buf);
+        ngx_free(task);
+        return;
+    }
+
+    if (task->inline_size > NGX_HTTP_LUA_FFI_KEEP_BUF) {
+        ngx_free(task->inline_buf);
+        task->inline_buf = NULL;
+        task->inline_size = 0;
+    }
+
+    task->next = w->free_tasks;
+    w->free_tasks = task;
+    w->nfree++;
+}
+
+
+static void
+ngx_http_lua_ffi_inflight_inc(void)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    /*
+     * A yielded call sets no timer of its own, so a non-cancelable keeper
+     * timer is what makes a graceful shutdown wait for calls in flight.
+     */
+    if (w->inflight++ == 0) {
+        w->keeper.cancelable = 0;
+
+        if (!w->keeper.timer_set) {
+            ngx_add_timer(&w->keeper, NGX_HTTP_LUA_FFI_KEEPER_MSEC);
+        }
+    }
+}
+
+
+static void
+ngx_http_lua_ffi_inflight_dec(void)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    if (--w->inflight == 0) {
+        w->keeper.cancelable = 1;
+    }
+}
+
+
+static void
+ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
+{
+    ngx_http_lua_ffi_worker_t     *w = ev->data;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+    static ngx_msec_t              exit_started;
+
+    if (w->inflight == 0) {
+        return;
+    }
+
+    if (ngx_exiting) {
+        fmcf = ngx_http_cycle_get_module_main_conf(w->cycle,
+                                                   ngx_http_lua_ffi_module);
+        if (exit_started == 0) {
+            exit_started = ngx_current_msec;
+        }
+
+        if (ngx_current_msec - exit_started >= fmcf->exit_timeout) {
+            ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                          "ffi: %ui calls still in flight after %M ms of "
+                          "shutdown, not waiting for them",
+                          w->inflight, fmcf->exit_timeout);
+            ev->cancelable = 1;
+            return;
+        }
+    }
+
+    ngx_add_timer(ev, NGX_HTTP_LUA_FFI_KEEPER_MSEC);
+}
+
+
+/*
+ * Posts a call from the current coroutine. On NGX_OK the Lua side yields;
+ * the answer, a timeout or the caller's death decides what happens next.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
+    ngx_http_lua_ffi_handle_t *h, const char *req, int req_len,
+    int timeout_ms, const char **err)
+{
+    ngx_msec_t                   timeout;
+    ngx_int_t                    rc;
+    ngx_http_lua_ctx_t          *ctx;
+    ngx_http_lua_co_ctx_t       *coctx;
+    ngx_http_lua_ffi_task_t     *task;
+    ngx_http_lua_ffi_runtime_t  *rt;
+    static u_char                errbuf[128];
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_lua_module);
+    if (ctx == NULL) {
+        *err = "no request ctx found";
+        return NGX_ERROR;
+    }
+
+    if (!(ctx->context & NGX_HTTP_LUA_CONTEXT_YIELDABLE)) {
+        *ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                      "cannot yield in the context of %s",
+                      ngx_http_lua_context_name(ctx->context)) = '\0';
+        *err = (const char *) errbuf;
+        return NGX_ERROR;
+    }
+
+    coctx = ctx->cur_co_ctx;
+    if (coctx == NULL) {
+        *err = "no co ctx found";
+        return NGX_ERROR;
+    }
+
+    rt = h->runtime;
+    if (rt == NULL || h->unloaded) {
+        *err = "runtime unloaded";
+        return NGX_ERROR;
+    }
+
+    task = ngx_http_lua_ffi_task_alloc(req ? (size_t) req_len : 0);
+    if (task == NULL) {
+        *err = "no memory";
+        return NGX_ERROR;
+    }
+
+    if (req) {
+        ngx_memcpy(task->inline_buf, req, req_len);
+        task->req = task->inline_buf;
+        task->req_len = req_len;
+
+    } else {
+        task->req = NULL;
+        task->req_len = 0;
+    }
+
+    task->runtime = rt;
+    task->request = r;
+
+    rc = ngx_http_lua_ffi_queue_push(&rt->queue, task);
+
+    if (rc != NGX_OK) {
+        ngx_http_lua_ffi_task_free(task);
+
+        if (rc == NGX_BUSY) {
+            rt->failed++;
+            *err = "queue full";
+
+        } else {
+            *err = "runtime unloaded";
+        }
+
+        return NGX_DECLINED;
+    }
+
+    rt->inflight++;
+    rt->calls++;
+    ngx_http_lua_ffi_inflight_inc();
+
+    ngx_http_lua_cleanup_pending_operation(coctx);
+    coctx->cleanup = ngx_http_lua_ffi_call_cleanup;
+    coctx->data = task;
+    task->co_ctx = coctx;
+
+    /* per call (>= 0) or the runtime's default (-1); 0 waits forever */
+    timeout = (timeout_ms >= 0) ? (ngx_msec_t) timeout_ms : h->timeout;
+
+    if (timeout) {
+        task->timer.handler = ngx_http_lua_ffi_call_timeout;
+        task->timer.data = task;
+        task->timer.log = r->connection->log;
+        ngx_add_timer(&task->timer, timeout);
+    }
+
+    return NGX_OK;
+}
+
+
+/* The coroutine is going away (client abort, thread killed, request done). */
+
+static void
+ngx_http_lua_ffi_call_cleanup(void *data)
+{
+    ngx_http_lua_co_ctx_t    *coctx = data;
+    ngx_http_lua_ffi_task_t  *task;
+
+    task = coctx->data;
+    task->co_ctx = NULL;
+
+    if (task->timer.timer_set) {
+        ngx_del_timer(&task->timer);
+    }
+}
+
+
+static void
+ngx_http_lua_ffi_call_timeout(ngx_event_t *ev)
+{
+    ngx_http_lua_ffi_task_t  *task = ev->data;
+
+    /* the runtime still owns the task: its late answer is freed */
+    task->timed_out = 1;
+    ngx_http_lua_ffi_call_wakeup(task);
+}
+
+
+static void
+ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task)
+{
+    ngx_http_lua_ffi_runtime_t  *rt = task->runtime;
+
+    if (task->timer.timer_set) {
+        ngx_del_timer(&task->timer);
+    }
+
+    rt->inflight--;
+    ngx_http_lua_ffi_inflight_dec();
+    ngx_http_lua_ffi_registry_answered(rt);
+
+    /* after exit_process began no coroutine may run: answers are dropped */
+    if (task->co_ctx == NULL || ngx_http_lua_ffi_worker.exiting) {
+        ngx_http_lua_ffi_task_free(task);
+        return;
+    }
+
+    ngx_http_lua_ffi_call_wakeup(task);
+}
+
+
+/* Resumes the waiting coroutine, as lua-nginx-module's ngx.sleep() does. */
+
+static void
+ngx_http_lua_ffi_call_wakeup(ngx_http_lua_ffi_task_t *task)
+{
+    ngx_connection_t       *c;
+    ngx_http_request_t     *r;
+    ngx_http_lua_ctx_t     *ctx;
+    ngx_http_log_ctx_t     *log_ctx;
+    ngx_http_lua_co_ctx_t  *coctx;
+
+    coctx = task->co_ctx;
+    r = task->request;
+    c = r->connection;
+
+    task->co_ctx = NULL;
+    coctx->cleanup = NULL;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_lua_module);
+    if (ctx == NULL) {
+        if (!task->timed_out) {
+            ngx_http_lua_ffi_task_free(task);
+        }
+
+        return;
+    }
+
+    if (c->fd != (ngx_socket_t) -1) {  /* not a fake connection */
+        log_ctx = c->log->data;
+        log_ctx->current_request = r;
+    }
+
+    ctx->cur_co_ctx = coctx;
+
+    if (ctx->entered_content_phase) {
+        (void) ngx_http_lua_ffi_call_resume(r);
+
+    } else {
+        ctx->resume_handler = ngx_http_lua_ffi_call_resume;
+        ngx_http_core_run_phases(r);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static int
+ngx_http_lua_ffi_push_results(lua_State *co, ngx_http_lua_ffi_task_t *task)
+{
+    if (task->timed_out) {
+        lua_pushboolean(co, 0);
+        lua_pushliteral(co, "timeout");
+        return 2;
+    }
+
+    if (task->rc == 0) {
+        lua_pushboolean(co, 1);
+
+        if (task->rsp) {
+            lua_pushlstring(co, task->rsp, task->rsp_len);
+
+        } else {
+            lua_pushnil(co);
+        }
+
+        return 2;
+    }
+
+    lua_pushboolean(co, 0);
+    lua_pushinteger(co, task->rc);
+
+    if (task->rsp == NULL) {
+        return 2;
+    }
+
+    lua_pushlstring(co, task->rsp, task->rsp_len);
+
+    return 3;
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_call_resume(ngx_http_request_t *r)
+{
+    int                       nret;
+    lua_State                *vm;
+    ngx_int_t                 rc;
+    ngx_uint_t                nreqs;
+    ngx_connection_t         *c;
+    ngx_http_lua_ctx_t       *ctx;
+    ngx_http_lua_ffi_task_t  *task;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_lua_module);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->resume_handler = ngx_http_lua_wev_handler;
+
+    c = r->connection;
+    vm = ngx_http_lua_get_lua_vm(r, ctx);
+    nreqs = c->requests;
+
+    task = ctx->cur_co_ctx->data;
+    nret = ngx_http_lua_ffi_push_results(ctx->cur_co_ctx->co, task);
+
+    if (!task->timed_out) {
+        ngx_http_lua_ffi_task_free(task);
+    }
+
+    rc = ngx_http_lua_run_thread(vm, r, ctx, nret);
+
+    if (rc == NGX_AGAIN) {
+        return ngx_http_lua_run_posted_threads(c, vm, r, ctx, nreqs);
+    }
+
+    if (rc == NGX_DONE) {
+        ngx_http_lua_finalize_request(r, NGX_DONE);
+        return ngx_http_lua_run_posted_threads(c, vm, r, ctx, nreqs);
+    }
+
+    if (ctx->entered_content_phase) {
+        ngx_http_lua_finalize_request(r, rc);
+        return NGX_DONE;
+    }
+
+    return rc;
+}

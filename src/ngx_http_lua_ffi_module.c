@@ -1,0 +1,371 @@
+/*
+ * The nginx module: directives, configuration, and the per-process hooks
+ * that set up each worker's eventfd, shared zone and shadow directory.
+ */
+
+#include <sys/eventfd.h>
+
+#include "ngx_http_lua_ffi_module.h"
+#include "ngx_http_lua_ffi_manager.h"
+
+
+static void *ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf);
+static char *ngx_http_lua_ffi_library_path(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_lua_ffi_postconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_lua_ffi_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle);
+static void ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_lua_ffi_exit_master(ngx_cycle_t *cycle);
+static void ngx_http_lua_ffi_close_fds(void *data);
+
+
+static ngx_command_t  ngx_http_lua_ffi_commands[] = {
+
+    { ngx_string("ffi_library_path"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_lua_ffi_library_path,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ffi_watch"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, watch),
+      NULL },
+
+    { ngx_string("ffi_close_grace"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, close_grace),
+      NULL },
+
+    { ngx_string("ffi_exit_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, exit_timeout),
+      NULL },
+
+    { ngx_string("ffi_reload_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, reload_timeout),
+      NULL },
+
+    { ngx_string("ffi_shadow_path"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, shadow_path),
+      NULL },
+
+    { ngx_string("ffi_shm_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, shm_size),
+      NULL },
+
+    { ngx_string("ffi_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_lua_ffi_admin,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ffi_admin_token"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, admin_token),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_lua_ffi_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_lua_ffi_postconfiguration,    /* postconfiguration */
+
+    ngx_http_lua_ffi_create_main_conf,     /* create main configuration */
+    ngx_http_lua_ffi_init_main_conf,       /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_lua_ffi_module = {
+    NGX_MODULE_V1,
+    &ngx_http_lua_ffi_module_ctx,          /* module context */
+    ngx_http_lua_ffi_commands,             /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    ngx_http_lua_ffi_init_module,          /* init module */
+    ngx_http_lua_ffi_init_process,         /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_lua_ffi_exit_process,         /* exit process */
+    ngx_http_lua_ffi_exit_master,          /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_lua_ffi_main_conf_t));
+    if (fmcf == NULL) {
+        return NULL;
+    }
+
+    fmcf->watch = NGX_CONF_UNSET;
+    fmcf->close_grace = NGX_CONF_UNSET_MSEC;
+    fmcf->exit_timeout = NGX_CONF_UNSET_MSEC;
+    fmcf->reload_timeout = NGX_CONF_UNSET_MSEC;
+    fmcf->shm_size = NGX_CONF_UNSET_SIZE;
+
+    return fmcf;
+}
+
+
+static char *
+ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf = conf;
+
+    char  *tmp;
+
+    ngx_conf_init_value(fmcf->watch, 0);
+    ngx_conf_init_msec_value(fmcf->close_grace, 500);
+    ngx_conf_init_msec_value(fmcf->exit_timeout, 5000);
+    ngx_conf_init_msec_value(fmcf->reload_timeout, 10000);
+    ngx_conf_init_size_value(fmcf->shm_size, 1024 * 1024);
+
+    if (fmcf->shadow_path.data == NULL) {
+        tmp = getenv("TMPDIR");
+        if (tmp == NULL || tmp[0] != '/') {
+            tmp = "/tmp";
+        }
+
+        fmcf->shadow_path.len = ngx_strlen(tmp);
+        fmcf->shadow_path.data = (u_char *) tmp;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_lua_ffi_library_path(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf = conf;
+
+    u_char     *p, *last, *start;
+    ngx_str_t  *value, *dir;
+
+    if (fmcf->library_path) {
+        return "is duplicate";
+    }
+
+    fmcf->library_path = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
+    if (fmcf->library_path == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+    p = value[1].data;
+    last = p + value[1].len;
+
+    while (p < last) {
+        start = p;
+
+        while (p < last && *p != ':') {
+            p++;
+        }
+
+        if (p > start) {
+            dir = ngx_array_push(fmcf->library_path);
+            if (dir == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            dir->len = p - start;
+            dir->data = start;
+
+            if (ngx_conf_full_name(cf->cycle, dir, 1) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        p++;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_lua_ffi_module);
+
+    return ngx_http_lua_ffi_shm_add(cf, fmcf);
+}
+
+
+/*
+ * In the master, before the workers are forked: one eventfd per worker.
+ * A worker watches its own; any worker may write to another's to tell it
+ * that a reload or a status request concerns it.
+ */
+
+static ngx_int_t
+ngx_http_lua_ffi_init_module(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                     i;
+    ngx_core_conf_t               *ccf;
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_lua_ffi_module);
+    if (fmcf == NULL) {
+        return NGX_OK;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    fmcf->nworkers = ccf->master ? (ngx_uint_t) ccf->worker_processes : 1;
+
+    fmcf->notify_fds = ngx_pcalloc(cycle->pool,
+                                   fmcf->nworkers * sizeof(int));
+    if (fmcf->notify_fds == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < fmcf->nworkers; i++) {
+        fmcf->notify_fds[i] = -1;
+    }
+
+    cln->handler = ngx_http_lua_ffi_close_fds;
+    cln->data = fmcf;
+
+    for (i = 0; i < fmcf->nworkers; i++) {
+        fmcf->notify_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+        if (fmcf->notify_fds[i] == -1) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          "ffi: eventfd() failed");
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_http_lua_ffi_shadow_init(cycle, fmcf, ccf);
+}
+
+
+static void
+ngx_http_lua_ffi_close_fds(void *data)
+{
+    ngx_http_lua_ffi_main_conf_t  *fmcf = data;
+
+    ngx_uint_t  i;
+
+    for (i = 0; i < fmcf->nworkers; i++) {
+        if (fmcf->notify_fds[i] != -1) {
+            (void) close(fmcf->notify_fds[i]);
+            fmcf->notify_fds[i] = -1;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                     slot;
+    ngx_http_lua_ffi_worker_t     *w = &ngx_http_lua_ffi_worker;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    fmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_lua_ffi_module);
+    if (fmcf == NULL || fmcf->notify_fds == NULL) {
+        return NGX_OK;
+    }
+
+    slot = (ngx_process == NGX_PROCESS_WORKER) ? ngx_worker : 0;
+    if (slot >= fmcf->nworkers) {
+        return NGX_OK;
+    }
+
+    ngx_memzero(w, sizeof(ngx_http_lua_ffi_worker_t));
+    w->log = cycle->log;
+    w->cycle = cycle;
+    w->slot = slot;
+    ngx_queue_init(&w->libraries);
+    ngx_queue_init(&w->runtimes);
+
+    if (ngx_http_lua_ffi_bridge_init(cycle, fmcf->notify_fds[slot])
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_lua_ffi_manager_init_worker(cycle, fmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    w->ready = 1;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    if (!w->ready) {
+        return;
+    }
+
+    w->exiting = 1;
+
+    ngx_http_lua_ffi_registry_exit(cycle);
+    ngx_http_lua_ffi_manager_exit_worker(cycle);
+    ngx_http_lua_ffi_bridge_exit(cycle);
+
+    w->ready = 0;
+}
+
+
+static void
+ngx_http_lua_ffi_exit_master(ngx_cycle_t *cycle)
+{
+    ngx_http_lua_ffi_shadow_cleanup(cycle);
+}

@@ -1,0 +1,246 @@
+/*
+ * Types shared by the bridge (src/), the hot-reload manager (manager/) and
+ * the admin endpoint (admin/). One worker process owns everything here.
+ */
+
+#ifndef _NGX_HTTP_LUA_FFI_MODULE_H_INCLUDED_
+#define _NGX_HTTP_LUA_FFI_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <pthread.h>
+
+#include "ngx_http_lua_common.h"
+#include "ngx_http_lua_ffi.h"
+
+
+#define NGX_HTTP_LUA_FFI_API  __attribute__((visibility("default")))
+
+#define NGX_HTTP_LUA_FFI_ERRLEN        256
+#define NGX_HTTP_LUA_FFI_MAX_NAMES     4
+
+
+typedef struct ngx_http_lua_ffi_task_s     ngx_http_lua_ffi_task_t;
+typedef struct ngx_http_lua_ffi_queue_s    ngx_http_lua_ffi_queue_t;
+typedef struct ngx_http_lua_ffi_runtime_s  ngx_http_lua_ffi_runtime_t;
+typedef struct ngx_http_lua_ffi_image_s    ngx_http_lua_ffi_image_t;
+typedef struct ngx_http_lua_ffi_library_s  ngx_http_lua_ffi_library_t;
+typedef struct ngx_http_lua_ffi_handle_s   ngx_http_lua_ffi_handle_t;
+
+
+typedef enum {
+    NGX_HTTP_LUA_FFI_TASK_CALL = 0,
+    NGX_HTTP_LUA_FFI_TASK_DRAINED      /* a runtime took its NULL task */
+} ngx_http_lua_ffi_task_kind_e;
+
+
+/*
+ * One call. Owned by the event loop, lent to the runtime between post and
+ * respond. Task objects are recycled through a per-worker free list.
+ */
+struct ngx_http_lua_ffi_task_s {
+    ngx_http_lua_ffi_task_t      *next;      /* queue or done-stack link */
+    ngx_http_lua_ffi_runtime_t   *runtime;
+    ngx_http_lua_co_ctx_t        *co_ctx;    /* NULL once the caller left */
+    ngx_http_request_t           *request;
+    char                         *req;
+    int                           req_len;
+    int                           rc;
+    char                         *rsp;
+    int                           rsp_len;
+    int                           answered;  /* atomic: respond() seen */
+    ngx_event_t                   timer;     /* per-call timeout, if any */
+    unsigned                      kind:2;
+    unsigned                      timed_out:1;
+    char                         *inline_buf;  /* reusable request buffer */
+    size_t                        inline_size;
+};
+
+
+/* The thread-safe queue a runtime polls; `tq` in the ABI points here. */
+struct ngx_http_lua_ffi_queue_s {
+    pthread_mutex_t               mutex;
+    pthread_cond_t                cond;
+    ngx_http_lua_ffi_task_t      *head;
+    ngx_http_lua_ffi_task_t      *tail;
+    ngx_uint_t                    size;
+    ngx_uint_t                    max;
+    ngx_uint_t                    sleepers;  /* pollers in cond_wait */
+    ngx_uint_t                    taken;     /* tasks handed to pollers */
+    unsigned                      closing:1; /* NULL task appended */
+    unsigned                      closed:1;  /* NULL task taken */
+};
+
+
+typedef enum {
+    NGX_HTTP_LUA_FFI_RT_STARTING = 0,
+    NGX_HTTP_LUA_FFI_RT_SERVING,
+    NGX_HTTP_LUA_FFI_RT_DRAINING,
+    NGX_HTTP_LUA_FFI_RT_DRAINED
+} ngx_http_lua_ffi_rt_state_e;
+
+
+/* One libffi_init() on one image: the runtime's threads and its queue. */
+struct ngx_http_lua_ffi_runtime_s {
+    ngx_http_lua_ffi_queue_t      queue;     /* first: tq == runtime */
+    ngx_http_lua_ffi_image_t     *image;
+    ngx_str_t                     cfg;       /* for status */
+    ngx_queue_t                   link;      /* in the registry's list */
+    ngx_http_lua_ffi_task_t       drained;   /* pushed when NULL is taken */
+    ngx_event_t                   reaper;    /* grace before free */
+    ngx_uint_t                    generation;
+    ngx_uint_t                    inflight;  /* posted, not yet answered */
+    ngx_uint_t                    calls;
+    ngx_uint_t                    failed;    /* refused: queue full */
+    ngx_msec_t                    started;
+    ngx_msec_t                    drain_started;
+    ngx_http_lua_ffi_rt_state_e   state;
+    unsigned                      null_taken:1;
+    unsigned                      init_failed:1;
+};
+
+
+typedef enum {
+    NGX_HTTP_LUA_FFI_IMG_LOADING = 0,
+    NGX_HTTP_LUA_FFI_IMG_SERVING,
+    NGX_HTTP_LUA_FFI_IMG_DRAINING,
+    NGX_HTTP_LUA_FFI_IMG_CLOSED
+} ngx_http_lua_ffi_img_state_e;
+
+
+/* One version of one library, mapped from its own shadow copy. */
+struct ngx_http_lua_ffi_image_s {
+    ngx_http_lua_ffi_library_t   *library;
+    ngx_queue_t                   link;      /* in library->images */
+    void                         *dl;
+    int                         (*init)(char *cfg, void *tq);
+    u_char                       *shadow;    /* NUL-terminated path */
+    ngx_uint_t                    version;
+    uint64_t                      hash;      /* of the file's bytes */
+    char                          build_id[41];
+    int                           pin_reason;
+    ngx_uint_t                    refcount;  /* runtimes on this image */
+    ngx_event_t                   closer;    /* grace before dlclose */
+    ngx_http_lua_ffi_img_state_e  state;
+    unsigned                      pinned:1;
+};
+
+
+/* A library file, keyed by its resolved path. */
+struct ngx_http_lua_ffi_library_s {
+    ngx_queue_t                   link;      /* in the registry */
+    ngx_str_t                     path;
+    ngx_str_t                     names[NGX_HTTP_LUA_FFI_MAX_NAMES];
+    ngx_uint_t                    nnames;
+    ngx_queue_t                   images;
+    ngx_http_lua_ffi_image_t     *current;
+    ngx_http_lua_ffi_image_t     *next;      /* prepared by a reload */
+    ngx_queue_t                   handles;
+    ngx_uint_t                    version;
+    ngx_uint_t                    reloads;
+    ngx_int_t                     shm_index; /* entry in the shared zone */
+    u_char                        last_error[NGX_HTTP_LUA_FFI_ERRLEN];
+    unsigned                      is_global:1;
+    unsigned                      unpin:1;
+};
+
+
+/*
+ * What a Lua runtime object points at: the key (library, cfg) for as long
+ * as it lives. A reload swaps `runtime` underneath, so objects cached in Lua
+ * before the reload follow it. __unload() retires it for good.
+ */
+struct ngx_http_lua_ffi_handle_s {
+    ngx_queue_t                   link;      /* in library->handles */
+    ngx_http_lua_ffi_library_t   *library;
+    ngx_http_lua_ffi_runtime_t   *runtime;   /* NULL once unloaded */
+    ngx_http_lua_ffi_runtime_t   *next;      /* prepared by a reload */
+    ngx_str_t                     lib;       /* name it was loaded with */
+    ngx_str_t                     cfg;
+    ngx_msec_t                    timeout;   /* per call; 0: none */
+    ngx_uint_t                    max_queue;
+    ngx_uint_t                    lua_refs;  /* Lua objects holding it */
+    unsigned                      has_cfg:1;
+    unsigned                      unloaded:1;
+};
+
+
+/* Per-worker state of the module. */
+typedef struct {
+    ngx_connection_t             *notify;    /* our eventfd */
+    ngx_http_lua_ffi_task_t      *done;      /* atomic LIFO of answers */
+    ngx_http_lua_ffi_task_t      *free_tasks;
+    ngx_uint_t                    nfree;
+    ngx_uint_t                    inflight;
+    ngx_event_t                   keeper;    /* holds graceful exit */
+    ngx_queue_t                   libraries;
+    ngx_queue_t                   runtimes;  /* every runtime, any state */
+    ngx_log_t                    *log;
+    ngx_cycle_t                  *cycle;
+    ngx_uint_t                    slot;      /* ngx_worker */
+    unsigned                      ready:1;   /* worker initialised */
+    unsigned                      exiting:1;
+} ngx_http_lua_ffi_worker_t;
+
+
+typedef struct {
+    ngx_array_t                  *library_path;  /* of ngx_str_t */
+    ngx_flag_t                    watch;
+    ngx_msec_t                    close_grace;
+    ngx_msec_t                    exit_timeout;
+    ngx_msec_t                    reload_timeout;
+    ngx_str_t                     shadow_path;
+    ngx_str_t                     admin_token;
+    size_t                        shm_size;
+    ngx_shm_zone_t               *shm_zone;
+    int                          *notify_fds;    /* one eventfd a worker */
+    ngx_uint_t                    nworkers;
+} ngx_http_lua_ffi_main_conf_t;
+
+
+extern ngx_module_t                ngx_http_lua_ffi_module;
+extern ngx_http_lua_ffi_worker_t   ngx_http_lua_ffi_worker;
+
+
+/* bridge: the event loop side */
+ngx_int_t ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd);
+void ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle);
+void ngx_http_lua_ffi_bridge_wake(void);
+ngx_http_lua_ffi_task_t *ngx_http_lua_ffi_task_alloc(size_t req_len);
+void ngx_http_lua_ffi_task_free(ngx_http_lua_ffi_task_t *task);
+ngx_int_t ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
+    ngx_http_lua_ffi_handle_t *h, const char *req, int req_len,
+    int timeout_ms, const char **err);
+void ngx_http_lua_ffi_bridge_done_push(ngx_http_lua_ffi_task_t *task);
+void ngx_http_lua_ffi_bridge_process(void);
+ngx_int_t ngx_http_lua_ffi_bridge_wait(ngx_msec_t timeout);
+
+/* queue: thread-safe, both sides */
+ngx_int_t ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q,
+    ngx_uint_t max);
+void ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q);
+ngx_int_t ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
+    ngx_http_lua_ffi_task_t *task);
+void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
+
+/* registry: manager/ */
+ngx_http_lua_ffi_handle_t *ngx_http_lua_ffi_registry_load(ngx_str_t *lib,
+    ngx_str_t *cfg, ngx_uint_t max_queue, ngx_uint_t flags,
+    ngx_msec_t timeout, int *rc, u_char *err, size_t errlen);
+void ngx_http_lua_ffi_registry_unload(ngx_http_lua_ffi_handle_t *h);
+void ngx_http_lua_ffi_registry_release(ngx_http_lua_ffi_handle_t *h);
+void ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt);
+void ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt);
+void ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle);
+void ngx_http_lua_ffi_registry_retire(ngx_http_lua_ffi_runtime_t *rt);
+
+#define NGX_HTTP_LUA_FFI_LOAD_GLOBAL   0x1
+#define NGX_HTTP_LUA_FFI_LOAD_UNPIN    0x2
+
+/* reload: manager/, across workers */
+void ngx_http_lua_ffi_reload_notified(void);
+
+
+#endif /* _NGX_HTTP_LUA_FFI_MODULE_H_INCLUDED_ */

@@ -1,0 +1,181 @@
+/*
+ * The task queue of one runtime, and the polling half of the runtime ABI.
+ * The event loop pushes; the runtime's own threads poll. Thread-safe.
+ */
+
+#include "ngx_http_lua_ffi_module.h"
+
+
+ngx_int_t
+ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q, ngx_uint_t max)
+{
+    ngx_memzero(q, sizeof(ngx_http_lua_ffi_queue_t));
+
+    if (pthread_mutex_init(&q->mutex, NULL) != 0) {
+        return NGX_ERROR;
+    }
+
+    if (pthread_cond_init(&q->cond, NULL) != 0) {
+        (void) pthread_mutex_destroy(&q->mutex);
+        return NGX_ERROR;
+    }
+
+    q->max = max;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q)
+{
+    (void) pthread_cond_destroy(&q->cond);
+    (void) pthread_mutex_destroy(&q->mutex);
+}
+
+
+/*
+ * NGX_OK: queued; NGX_BUSY: the queue is full; NGX_DECLINED: the NULL task
+ * was already appended. Only wakes a poller when one sleeps, and signals
+ * after unlocking so that the woken thread does not block on the mutex.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
+    ngx_http_lua_ffi_task_t *task)
+{
+    ngx_uint_t  wake;
+
+    task->next = NULL;
+
+    (void) pthread_mutex_lock(&q->mutex);
+
+    if (q->closing) {
+        (void) pthread_mutex_unlock(&q->mutex);
+        return NGX_DECLINED;
+    }
+
+    if (q->max && q->size >= q->max) {
+        (void) pthread_mutex_unlock(&q->mutex);
+        return NGX_BUSY;
+    }
+
+    if (q->tail) {
+        q->tail->next = task;
+
+    } else {
+        q->head = task;
+    }
+
+    q->tail = task;
+    q->size++;
+    wake = q->sleepers;
+
+    (void) pthread_mutex_unlock(&q->mutex);
+
+    if (wake) {
+        (void) pthread_cond_signal(&q->cond);
+    }
+
+    return NGX_OK;
+}
+
+
+/* Appends the NULL task: pollers get what is queued, then NULL. */
+
+void
+ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q)
+{
+    (void) pthread_mutex_lock(&q->mutex);
+    q->closing = 1;
+    (void) pthread_mutex_unlock(&q->mutex);
+
+    (void) pthread_cond_broadcast(&q->cond);
+}
+
+
+/*
+ * Takes up to n tasks, waiting for the first. Returns 0 once the queue is
+ * closed and empty; the first poller to see that reports the drain to the
+ * event loop, which may then free the queue after its grace period.
+ */
+
+static int
+ngx_http_lua_ffi_queue_take(ngx_http_lua_ffi_queue_t *q, void **tasks, int n)
+{
+    int                       got;
+    ngx_uint_t                first_null;
+    ngx_http_lua_ffi_task_t  *task;
+
+    (void) pthread_mutex_lock(&q->mutex);
+
+    while (q->head == NULL && !q->closing) {
+        q->sleepers++;
+        (void) pthread_cond_wait(&q->cond, &q->mutex);
+        q->sleepers--;
+    }
+
+    for (got = 0; got < n && q->head; got++) {
+        task = q->head;
+        q->head = task->next;
+        tasks[got] = task;
+    }
+
+    if (q->head == NULL) {
+        q->tail = NULL;
+    }
+
+    q->size -= got;
+    q->taken += got;
+
+    first_null = (got == 0 && !q->closed);
+    if (got == 0) {
+        q->closed = 1;
+    }
+
+    (void) pthread_mutex_unlock(&q->mutex);
+
+    if (first_null) {
+        ngx_http_lua_ffi_bridge_done_push(
+                          &((ngx_http_lua_ffi_runtime_t *) q)->drained);
+    }
+
+    return got;
+}
+
+
+NGX_HTTP_LUA_FFI_API void *
+ngx_http_lua_ffi_task_poll(void *tq)
+{
+    void  *task;
+
+    if (ngx_http_lua_ffi_queue_take(tq, &task, 1) == 0) {
+        return NULL;
+    }
+
+    return task;
+}
+
+
+NGX_HTTP_LUA_FFI_API int
+ngx_http_lua_ffi_task_poll_batch(void *tq, void **tasks, int n)
+{
+    if (n <= 0) {
+        return 0;
+    }
+
+    return ngx_http_lua_ffi_queue_take(tq, tasks, n);
+}
+
+
+NGX_HTTP_LUA_FFI_API char *
+ngx_http_lua_ffi_get_req(void *tsk, int *len)
+{
+    ngx_http_lua_ffi_task_t  *task = tsk;
+
+    if (len) {
+        *len = task->req_len;
+    }
+
+    return task->req;
+}
