@@ -269,7 +269,8 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
 
     r->main->count++;
 
-    if (ngx_http_lua_ffi_reload_start(&name, ngx_http_lua_ffi_admin_done, r)
+    if (ngx_http_lua_ffi_reload_start(&name, 0, ngx_http_lua_ffi_admin_done,
+                                      r)
         != NGX_OK)
     {
         r->main->count--;

@@ -220,6 +220,74 @@ done:
 }
 
 
+/*
+ * Never load code that someone else could have written: not from a folder
+ * anyone may write to. For files dropped on a watched path (strict), the
+ * file must also belong to root or to the workers' user, and neither the
+ * file nor its folder may be writable by group or others.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_file_trusted(ngx_str_t *path, ngx_uint_t strict,
+    u_char *err, size_t errlen)
+{
+    u_char       dir[NGX_HTTP_LUA_FFI_PATHLEN], *slash;
+    struct stat  st, dst;
+
+    if (path->len >= NGX_HTTP_LUA_FFI_PATHLEN) {
+        ngx_snprintf(err, errlen, "path too long%Z");
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(dir, path->data, path->len);
+    dir[path->len] = '\0';
+
+    for (slash = dir + path->len; slash > dir && *slash != '/'; slash--) {
+        /* void */
+    }
+
+    if (*slash != '/') {
+        ngx_snprintf(err, errlen, "\"%V\" is not an absolute path%Z", path);
+        return NGX_ERROR;
+    }
+
+    *(slash == dir ? slash + 1 : slash) = '\0';
+
+    if (stat((char *) dir, &dst) == -1
+        || stat((char *) path->data, &st) == -1)
+    {
+        ngx_snprintf(err, errlen, "cannot stat \"%V\": %s%Z", path,
+                     strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (dst.st_mode & S_IWOTH) {
+        ngx_snprintf(err, errlen, "not loading \"%V\": its folder \"%s\" "
+                     "is writable by anyone%Z", path, dir);
+        return NGX_ERROR;
+    }
+
+    if (!strict) {
+        return NGX_OK;
+    }
+
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        ngx_snprintf(err, errlen, "not loading \"%V\": owned by uid %d, "
+                     "neither root nor the workers' user%Z", path,
+                     (int) st.st_uid);
+        return NGX_ERROR;
+    }
+
+    if ((st.st_mode | dst.st_mode) & (S_IWGRP | S_IWOTH)) {
+        ngx_snprintf(err, errlen, "not loading \"%V\": it or its folder "
+                     "\"%s\" is writable by group or others%Z", path, dir);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static uint64_t
 ngx_http_lua_ffi_hash(u_char *p, size_t len)
 {
@@ -334,12 +402,17 @@ ngx_http_lua_ffi_write_file(u_char *path, u_char *data, size_t len)
 
 ngx_int_t
 ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
-    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
+    ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
+    size_t errlen)
 {
     u_char                       *data, *base, *p;
     u_char                        tmp[NGX_HTTP_LUA_FFI_PATHLEN + 64];
     size_t                        size;
     ngx_http_lua_ffi_elf_info_t   info;
+
+    if (ngx_http_lua_ffi_file_trusted(path, strict, err, errlen) != NGX_OK) {
+        return NGX_DECLINED;
+    }
 
     data = ngx_http_lua_ffi_read_file(path, &size, err, errlen);
     if (data == NULL) {

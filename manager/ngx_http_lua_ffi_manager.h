@@ -35,7 +35,10 @@ ngx_int_t ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     ngx_http_lua_ffi_main_conf_t *fmcf, ngx_core_conf_t *ccf);
 void ngx_http_lua_ffi_shadow_cleanup(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
-    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
+    ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
+    size_t errlen);
+ngx_int_t ngx_http_lua_ffi_file_trusted(ngx_str_t *path, ngx_uint_t strict,
+    u_char *err, size_t errlen);
 void ngx_http_lua_ffi_shadow_remove(ngx_http_lua_ffi_version_t *v);
 ngx_http_lua_ffi_image_t *ngx_http_lua_ffi_image_open(
     ngx_http_lua_ffi_library_t *lib, ngx_http_lua_ffi_version_t *v,
@@ -67,11 +70,22 @@ ngx_int_t ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
 typedef void (*ngx_http_lua_ffi_reload_done_pt)(void *data, ngx_int_t status,
     u_char *body, size_t len);
 
-ngx_int_t ngx_http_lua_ffi_reload_start(ngx_str_t *name,
+#define NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED  0x1   /* else 304, no reload */
+#define NGX_HTTP_LUA_FFI_RELOAD_STRICT      0x2   /* file ownership rules */
+
+ngx_int_t ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     ngx_http_lua_ffi_reload_done_pt done, void *data);
+void ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
+    u_char *outcome);
+void ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path);
 ngx_int_t ngx_http_lua_ffi_status_start(
     ngx_http_lua_ffi_reload_done_pt done, void *data);
 void ngx_http_lua_ffi_reload_cancel(void *data);
+
+/* watcher */
+ngx_int_t ngx_http_lua_ffi_watch_init(ngx_cycle_t *cycle);
+void ngx_http_lua_ffi_watch_exit(ngx_cycle_t *cycle);
+void ngx_http_lua_ffi_watch_library(ngx_http_lua_ffi_library_t *lib);
 
 /* admin */
 char *ngx_http_lua_ffi_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -147,6 +147,7 @@ ngx_http_lua_ffi_library_get(ngx_str_t *path, ngx_str_t *name,
         lib->unpin = (flags & NGX_HTTP_LUA_FFI_LOAD_UNPIN) ? 1 : 0;
 
         ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.libraries, &lib->link);
+        lib->fresh = 1;
     }
 
     for (i = 0; i < lib->nnames; i++) {
@@ -215,6 +216,11 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
     {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s", err);
         return NULL;
+    }
+
+    if (lib->fresh) {
+        lib->fresh = 0;
+        ngx_http_lua_ffi_watch_library(lib);
     }
 
     img = lib->current;
@@ -506,6 +512,11 @@ ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
     ngx_queue_t                 *q;
     ngx_http_lua_ffi_image_t    *img;
     ngx_http_lua_ffi_handle_t   *h;
+
+    if (lib->next) {
+        /* left prepared by a coordinator that died: start over */
+        ngx_http_lua_ffi_registry_abort(lib);
+    }
 
     if (ngx_queue_empty(&lib->handles)) {
         return NGX_OK;

@@ -31,6 +31,10 @@ typedef struct {
     ngx_uint_t                    failures;
     time_t                        last_reload;
     u_char                        last_error[NGX_HTTP_LUA_FFI_ERRLEN];
+    ngx_uint_t                    watched;
+    time_t                        last_drop;
+    u_char                        last_drop_event[32];
+    u_char                        last_drop_outcome[NGX_HTTP_LUA_FFI_ERRLEN];
 } ngx_http_lua_ffi_shm_lib_t;
 
 
@@ -83,6 +87,7 @@ typedef struct {
     u_char                            err[NGX_HTTP_LUA_FFI_ERRLEN];
     ngx_str_t                         name;
     u_char                            name_buf[NGX_HTTP_LUA_FFI_NAMELEN];
+    ngx_uint_t                        flags;
     unsigned                          started:1;
 } ngx_http_lua_ffi_op_t;
 
@@ -325,7 +330,7 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
 
     ngx_memzero(&nv, sizeof(ngx_http_lua_ffi_version_t));
 
-    rc = ngx_http_lua_ffi_shadow_create(path, &nv, err, errlen);
+    rc = ngx_http_lua_ffi_shadow_create(path, &nv, 0, err, errlen);
     if (rc != NGX_OK) {
         return rc;
     }
@@ -368,6 +373,50 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
     return NGX_OK;
+}
+
+
+void
+ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path)
+{
+    ngx_int_t  i;
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    i = ngx_http_lua_ffi_shm_find_path(path);
+    if (i != NGX_ERROR) {
+        ngx_http_lua_ffi_shm->libs[i].watched = 1;
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+}
+
+
+void
+ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
+    u_char *outcome)
+{
+    ngx_int_t                    i;
+    ngx_http_lua_ffi_shm_lib_t  *sl;
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    i = ngx_http_lua_ffi_shm_find_path(path);
+
+    if (i != NGX_ERROR) {
+        sl = &ngx_http_lua_ffi_shm->libs[i];
+        sl->last_drop = ngx_time();
+
+        if (event) {
+            *ngx_cpystrn(sl->last_drop_event, event,
+                         sizeof(sl->last_drop_event)) = '\0';
+        }
+
+        *ngx_cpystrn(sl->last_drop_outcome, outcome,
+                     sizeof(sl->last_drop_outcome)) = '\0';
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 }
 
 
@@ -432,7 +481,7 @@ ngx_http_lua_ffi_op_create(ngx_http_lua_ffi_op_type_e type,
 
 
 ngx_int_t
-ngx_http_lua_ffi_reload_start(ngx_str_t *name,
+ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     ngx_http_lua_ffi_reload_done_pt done, void *data)
 {
     ngx_http_lua_ffi_op_t  *op;
@@ -446,6 +495,7 @@ ngx_http_lua_ffi_reload_start(ngx_str_t *name,
         return NGX_ERROR;
     }
 
+    op->flags = flags;
     op->name.data = op->name_buf;
     op->name.len = ngx_min(name->len, NGX_HTTP_LUA_FFI_NAMELEN - 1);
     ngx_memcpy(op->name_buf, name->data, op->name.len);
@@ -633,13 +683,25 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
     op->old_version = cur.version;
     ngx_memcpy(op->old_shadow, cur.shadow, NGX_HTTP_LUA_FFI_PATHLEN);
 
-    rc = ngx_http_lua_ffi_shadow_create(&path, &op->v, op->err,
-                                        NGX_HTTP_LUA_FFI_ERRLEN);
+    rc = ngx_http_lua_ffi_shadow_create(&path, &op->v,
+                                        op->flags
+                                        & NGX_HTTP_LUA_FFI_RELOAD_STRICT,
+                                        op->err, NGX_HTTP_LUA_FFI_ERRLEN);
     if (rc != NGX_OK) {
         goto failed;
     }
 
     op->changed = (op->v.hash != cur.hash);
+
+    if (!op->changed && (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)) {
+        /* another worker saw the same drop first and reloaded it */
+        ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+        sh->owner = 0;
+        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0);
+        return;
+    }
 
     if (!op->changed) {
         op->v = cur;
@@ -1039,6 +1101,21 @@ ngx_http_lua_ffi_status_libraries(u_char *p, u_char *last)
                          sl->reloads, sl->failures, sl->last_reload);
         p = ngx_http_lua_ffi_json_str(p, last, sl->last_error,
                                       ngx_strlen(sl->last_error));
+        p = ngx_slprintf(p, last, ",\"watched\":%s,\"last_drop\":",
+                         sl->watched ? "true" : "false");
+
+        if (sl->last_drop) {
+            p = ngx_slprintf(p, last, "{\"time\":%T,\"event\":\"%s\","
+                             "\"outcome\":", sl->last_drop,
+                             sl->last_drop_event);
+            p = ngx_http_lua_ffi_json_str(p, last, sl->last_drop_outcome,
+                                   ngx_strlen(sl->last_drop_outcome));
+            p = ngx_slprintf(p, last, "}");
+
+        } else {
+            p = ngx_slprintf(p, last, "null");
+        }
+
         p = ngx_slprintf(p, last, ",\"reloading\":%s}",
                          (ngx_http_lua_ffi_shm->owner
                           && ngx_http_lua_ffi_shm->lib == i)

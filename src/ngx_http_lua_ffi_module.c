@@ -37,6 +37,13 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
       offsetof(ngx_http_lua_ffi_main_conf_t, watch),
       NULL },
 
+    { ngx_string("ffi_watch_delay"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, watch_delay),
+      NULL },
+
     { ngx_string("ffi_close_grace"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -132,6 +139,7 @@ ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
     }
 
     fmcf->watch = NGX_CONF_UNSET;
+    fmcf->watch_delay = NGX_CONF_UNSET_MSEC;
     fmcf->close_grace = NGX_CONF_UNSET_MSEC;
     fmcf->exit_timeout = NGX_CONF_UNSET_MSEC;
     fmcf->reload_timeout = NGX_CONF_UNSET_MSEC;
@@ -149,6 +157,7 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
     char  *tmp;
 
     ngx_conf_init_value(fmcf->watch, 0);
+    ngx_conf_init_msec_value(fmcf->watch_delay, 300);
     ngx_conf_init_msec_value(fmcf->close_grace, 500);
     ngx_conf_init_msec_value(fmcf->exit_timeout, 5000);
     ngx_conf_init_msec_value(fmcf->reload_timeout, 10000);
@@ -339,6 +348,10 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_lua_ffi_watch_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     w->ready = 1;
 
     return NGX_OK;
@@ -356,6 +369,7 @@ ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
 
     w->exiting = 1;
 
+    ngx_http_lua_ffi_watch_exit(cycle);
     ngx_http_lua_ffi_registry_exit(cycle);
     ngx_http_lua_ffi_manager_exit_worker(cycle);
     ngx_http_lua_ffi_bridge_exit(cycle);

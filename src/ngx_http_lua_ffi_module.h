@@ -142,8 +142,13 @@ struct ngx_http_lua_ffi_library_s {
     ngx_uint_t                    reloads;
     ngx_int_t                     shm_index; /* entry in the shared zone */
     u_char                        last_error[NGX_HTTP_LUA_FFI_ERRLEN];
+    ngx_event_t                   watch_timer; /* debounces drops */
+    u_char                        watch_event[32];
     unsigned                      is_global:1;
     unsigned                      unpin:1;
+    unsigned                      fresh:1;
+    unsigned                      watch_reloading:1;
+    unsigned                      watch_again:1;
 };
 
 
@@ -188,6 +193,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  *library_path;  /* of ngx_str_t */
     ngx_flag_t                    watch;
+    ngx_msec_t                    watch_delay;
     ngx_msec_t                    close_grace;
     ngx_msec_t                    exit_timeout;
     ngx_msec_t                    reload_timeout;
