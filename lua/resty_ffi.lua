@@ -11,7 +11,7 @@ local ffi_str = ffi.string
 local get_request = base.get_request
 local co_yield = coroutine._yield
 local setmetatable = setmetatable
-local tostring = tostring
+local tonumber = tonumber
 local error = error
 local floor = math.floor
 local type = type
@@ -164,6 +164,8 @@ local function load_ffi(lib, cfg, opts)
     rt = setmetatable({
         _h = ffi_gc(h, C.ngx_http_lua_ffi_rt_release),
         _key = key,
+        -- present from the start: a missing field would reach __index
+        _unloaded = false,
     }, mt)
 
     runtimes[key] = rt

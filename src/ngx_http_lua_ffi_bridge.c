@@ -420,8 +420,13 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     }
 
     if (req) {
-        ngx_memcpy(task->inline_buf, req, req_len);
-        task->req = task->inline_buf;
+        /* "" is not nil: an empty request still has an address */
+        task->req = req_len ? task->inline_buf : (char *) "";
+
+        if (req_len) {
+            ngx_memcpy(task->req, req, req_len);
+        }
+
         task->req_len = req_len;
 
     } else {
