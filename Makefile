@@ -31,7 +31,7 @@ DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])
 
-.PHONY: all deps module demo run stop test examples clean bench
+.PHONY: all deps module demo run stop test test-libs examples clean bench
 
 all: deps module demo
 
@@ -64,10 +64,25 @@ $(NGX_BUILD)/objs/Makefile: $(LUA_SRC)/.version config
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(MODULE_SRCS)
 	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile \
 	  objs/ngx_http_lua_ffi_module.so
-	cp $(NGX_BUILD)/objs/ngx_http_lua_ffi_module.so $@
+	@# a new inode: running nginx keeps its mapping of the old file
+	cp $(NGX_BUILD)/objs/ngx_http_lua_ffi_module.so $@.tmp
+	mv -f $@.tmp $@
 
 $(DEMO): examples/c/demo.c
-	$(CC) $(CFLAGS_LIB) -shared -o $@ $<
+	$(CC) $(CFLAGS_LIB) -shared -o $@.tmp $<
+	mv -f $@.tmp $@
+
+# ---- examples in other languages (CONTRACT section 7) ----
+
+EXAMPLE_DEPS := golang-go librust-libc-dev libpython3-dev python3-cffi \
+	pkg-config
+
+examples: all
+	@sh mk/deps.sh $(EXAMPLE_DEPS)
+	@command -v cargo >/dev/null 2>&1 || sh mk/deps.sh cargo
+	$(MAKE) -C examples/go
+	$(MAKE) -C examples/rust
+	$(MAKE) -C examples/python
 
 include manager/elf.mk
 
@@ -81,13 +96,25 @@ stop:
 
 # ---- tests ----
 
-test: all
-	@sh mk/deps.sh $(DEPS_TEST)
+# releases of one library for the reload tests
+TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
+	libver-fail.so)
+
+$(BUILD)/t/libver-%.so: t/lib/reload/libver.c
+	@mkdir -p $(BUILD)/t
+	$(CC) $(CFLAGS_LIB) -shared -Wl,--build-id -DVERSION='"$*"' \
+	  $(if $(filter fail,$*),-DINIT_RC=9) -o $@ $<
+
+test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/runtimes
-	$(MAKE) -s build/ffi-elf-check
+
+test: all examples
+	@sh mk/deps.sh $(DEPS_TEST)
+	$(MAKE) -s test-libs build/ffi-elf-check
 	prove -r t/
 
 clean:
 	rm -rf $(BUILD)
 	rm -f $(DEMO)
 	$(MAKE) -s -C t/lib/runtimes clean
+	for d in go rust python; do $(MAKE) -s -C examples/$$d clean; done

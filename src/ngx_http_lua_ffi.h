@@ -110,6 +110,15 @@ char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
 void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len);
 
 /*
+ * The path of the library file the runtime was loaded from (an
+ * extension). The host maps a private shadow copy, so dladdr() in the
+ * library names the copy; a loader that finds its code next to itself
+ * (the Python, Java and Node.js loaders) asks this instead. Valid while
+ * the runtime lives; callable from libffi_init on.
+ */
+const char *ngx_http_lua_ffi_library_path(void *tq);
+
+/*
  * Batch polling (an extension; task_poll keeps working): takes up to n
  * tasks at once into tasks[], blocking until at least one is there.
  * Returns how many were taken; 0 means the NULL task (stop, as above).

@@ -11,7 +11,7 @@
 
 static void *ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf);
-static char *ngx_http_lua_ffi_library_path(ngx_conf_t *cf,
+static char *ngx_http_lua_ffi_conf_library_path(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_lua_ffi_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_lua_ffi_init_module(ngx_cycle_t *cycle);
@@ -25,7 +25,7 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
 
     { ngx_string("ffi_library_path"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_http_lua_ffi_library_path,
+      ngx_http_lua_ffi_conf_library_path,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -178,7 +178,8 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
 
 
 static char *
-ngx_http_lua_ffi_library_path(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_lua_ffi_conf_library_path(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
 {
     ngx_http_lua_ffi_main_conf_t  *fmcf = conf;
 

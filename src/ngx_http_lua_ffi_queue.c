@@ -168,6 +168,15 @@ ngx_http_lua_ffi_task_poll_batch(void *tq, void **tasks, int n)
 }
 
 
+NGX_HTTP_LUA_FFI_API const char *
+ngx_http_lua_ffi_library_path(void *tq)
+{
+    ngx_http_lua_ffi_runtime_t  *rt = tq;
+
+    return (const char *) rt->image->library->path.data;
+}
+
+
 NGX_HTTP_LUA_FFI_API char *
 ngx_http_lua_ffi_get_req(void *tsk, int *len)
 {

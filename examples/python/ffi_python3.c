@@ -1,0 +1,1036 @@
+/*
+ * Generic Python 3 loader for lua-resty-ffi (libffi_python3.so): embeds
+ * libpython and starts runtimes from Python modules named in the cfg.
+ *
+ * cfg is "[<dir>/]<module>[?],<function>[,<rest>]", as upstream's loader
+ * reads it (<dir>, if given, goes first in sys.path):
+ *
+ *   - upstream's convention: the loader imports <module> and calls
+ *     <function>(cfg, tq), cfg being the address of the NUL-terminated
+ *     <rest> as an int (0 when there is none; valid during the call only)
+ *     and tq the address of the task queue; the function starts its own
+ *     poll thread, calls the ABI itself (usually through cffi) and returns
+ *     0 on success;
+ *   - the simpler way: <function> is marked with the decorator
+ *     resty_ffi.handler (a module this loader provides); the loader polls
+ *     for it and answers each request with what the handler returns.
+ *
+ * "?" after the module name imports it afresh from its source on every
+ * init, so a runtime restarted after an edit runs the edited code.
+ *
+ * The loader is never unloaded: libpython cannot be, so the loader pins
+ * itself and libpython on first use. Python runs with the GIL released
+ * between calls; every thread that calls into Python takes it first.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+#define FFI_PYTHON_MARK  "__resty_ffi_handler__"
+
+
+/* the runtime ABI, exported by the nginx module (loaded RTLD_GLOBAL) */
+void *ngx_http_lua_ffi_task_poll(void *tq);
+char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
+void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len);
+
+int libffi_init(char *cfg, void *tq);
+
+/*
+ * An extension of this project's host: the path the library was loaded
+ * from. The host maps a private shadow copy of it, so dladdr() names the
+ * copy, not the folder that holds our modules. Weak: a host without it
+ * (upstream's) maps the file itself, and dladdr() tells.
+ */
+const char *ngx_http_lua_ffi_library_path(void *tq) __attribute__((weak));
+
+
+typedef struct {
+    char        *dir;           /* NULL when the module has no "<dir>/" */
+    char        *module;
+    char        *function;
+    char        *rest;          /* NULL when the cfg has no third part */
+    int          fresh;         /* "?" after the module name */
+} ffi_python_cfg_t;
+
+
+typedef struct {
+    PyObject       *handler;    /* strong reference, taken under the GIL */
+    PyThreadState  *ts;         /* the poll thread's, while it waits */
+    void           *tq;
+} ffi_python_runtime_t;
+
+
+static int ffi_python_setup(void *tq);
+static int ffi_python_start_interpreter(void);
+static int ffi_python_add_loader_dir(void);
+static int ffi_python_parse_cfg(char *buf, ffi_python_cfg_t *cfg);
+static int ffi_python_prepend_dir(const char *dir);
+static PyObject *ffi_python_import(const char *name, int fresh);
+static PyObject *ffi_python_import_fresh(const char *name);
+static int ffi_python_exec_fresh(PyObject *spec, PyObject *module);
+static int ffi_python_call_init(PyObject *function, ffi_python_cfg_t *cfg,
+    void *tq);
+static int ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg,
+    void *tq);
+static void *ffi_python_poll(void *data);
+static void ffi_python_serve(ffi_python_runtime_t *rt, void *task);
+static char *ffi_python_result(PyObject *result, int *len);
+static char *ffi_python_exception_text(int *len);
+static void ffi_python_log_exception(const char *fmt, ...);
+static PyObject *ffi_python_module_init(void);
+
+
+static pthread_mutex_t  ffi_python_lock = PTHREAD_MUTEX_INITIALIZER;
+static int              ffi_python_state;   /* 0 untried, 1 ready, -1 not */
+static char             ffi_python_dir[PATH_MAX];
+
+
+int
+libffi_init(char *cfg, void *tq)
+{
+    int                rc;
+    char              *buf;
+    PyObject          *module, *function;
+    PyGILState_STATE   gil;
+    ffi_python_cfg_t   parsed;
+
+    pthread_mutex_lock(&ffi_python_lock);
+
+    if (ffi_python_state == 0) {
+        ffi_python_state = (ffi_python_setup(tq) == 0) ? 1 : -1;
+    }
+
+    pthread_mutex_unlock(&ffi_python_lock);
+
+    if (ffi_python_state != 1) {
+        fprintf(stderr, "ffi_python3: Python could not be started, "
+                "see the first error of this process\n");
+        return 1;
+    }
+
+    buf = strdup(cfg ? cfg : "");
+    if (buf == NULL) {
+        return 1;
+    }
+
+    if (ffi_python_parse_cfg(buf, &parsed) != 0) {
+        fprintf(stderr, "ffi_python3: bad cfg \"%s\": "
+                "expected \"[<dir>/]<module>[?],<function>[,<rest>]\"\n",
+                cfg ? cfg : "(null)");
+        free(buf);
+        return 1;
+    }
+
+    gil = PyGILState_Ensure();
+
+    rc = 1;
+    module = NULL;
+    function = NULL;
+
+    if (parsed.dir != NULL && ffi_python_prepend_dir(parsed.dir) != 0) {
+        ffi_python_log_exception("cannot add %s to sys.path", parsed.dir);
+        goto done;
+    }
+
+    module = ffi_python_import(parsed.module, parsed.fresh);
+    if (module == NULL) {
+        ffi_python_log_exception("cannot import module %s", parsed.module);
+        goto done;
+    }
+
+    function = PyObject_GetAttrString(module, parsed.function);
+    if (function == NULL) {
+        ffi_python_log_exception("no function %s in module %s",
+                                 parsed.function, parsed.module);
+        goto done;
+    }
+
+    if (PyObject_HasAttrString(function, FFI_PYTHON_MARK)) {
+        rc = ffi_python_start_handler(function, &parsed, tq);
+
+    } else {
+        rc = ffi_python_call_init(function, &parsed, tq);
+    }
+
+done:
+
+    Py_XDECREF(function);
+    Py_XDECREF(module);
+
+    PyGILState_Release(gil);
+    free(buf);
+
+    return rc;
+}
+
+
+/*
+ * Runs once per process, on the first libffi_init. Pins this loader and
+ * libpython (neither survives dlclose), makes libpython's symbols global so
+ * that extension modules (cffi's backend among them) resolve against it
+ * even when nginx loaded us RTLD_LOCAL, and starts the interpreter unless
+ * someone else did.
+ */
+
+static int
+ffi_python_setup(void *tq)
+{
+    char        *slash;
+    void        *handle;
+    Dl_info      self, python;
+    const char  *origin;
+
+    if (dladdr((void *) libffi_init, &self) == 0
+        || dladdr((void *) Py_InitializeFromConfig, &python) == 0)
+    {
+        fprintf(stderr, "ffi_python3: dladdr() failed: %s\n", dlerror());
+        return -1;
+    }
+
+    handle = dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+    if (handle == NULL) {
+        fprintf(stderr, "ffi_python3: cannot pin \"%s\": %s\n",
+                self.dli_fname, dlerror());
+        return -1;
+    }
+
+    handle = dlopen(python.dli_fname,
+                    RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE | RTLD_GLOBAL);
+    if (handle == NULL) {
+        fprintf(stderr, "ffi_python3: cannot pin \"%s\": %s\n",
+                python.dli_fname, dlerror());
+        return -1;
+    }
+
+    origin = ngx_http_lua_ffi_library_path ? ngx_http_lua_ffi_library_path(tq)
+                                           : NULL;
+    if (origin == NULL) {
+        origin = self.dli_fname;
+    }
+
+    if (strlen(origin) >= sizeof(ffi_python_dir)) {
+        fprintf(stderr, "ffi_python3: path too long: %s\n", origin);
+        return -1;
+    }
+
+    strcpy(ffi_python_dir, origin);
+
+    slash = strrchr(ffi_python_dir, '/');
+    if (slash == NULL) {
+        strcpy(ffi_python_dir, ".");
+
+    } else {
+        *(slash == ffi_python_dir ? slash + 1 : slash) = '\0';
+    }
+
+    if (Py_IsInitialized()) {
+        return ffi_python_add_loader_dir();
+    }
+
+    return ffi_python_start_interpreter();
+}
+
+
+/*
+ * An embedded interpreter must not take over the host: no signal handlers
+ * (nginx owns them) and no locale changes (UTF-8 mode instead). sys.path
+ * gets PYTHONPATH first, so an operator can override, then our folder.
+ */
+
+static int
+ffi_python_start_interpreter(void)
+{
+    char         *env, *path;
+    size_t        len;
+    PyStatus      status;
+    PyConfig      config;
+    PyPreConfig   preconfig;
+
+    PyPreConfig_InitPythonConfig(&preconfig);
+    preconfig.utf8_mode = 1;
+    preconfig.coerce_c_locale = 0;
+    preconfig.configure_locale = 0;
+
+    status = Py_PreInitialize(&preconfig);
+    if (PyStatus_Exception(status)) {
+        fprintf(stderr, "ffi_python3: cannot start Python: %s\n",
+                status.err_msg ? status.err_msg : "unknown error");
+        return -1;
+    }
+
+    if (PyImport_AppendInittab("resty_ffi", ffi_python_module_init) != 0) {
+        fprintf(stderr, "ffi_python3: cannot register module resty_ffi\n");
+        return -1;
+    }
+
+    env = getenv("PYTHONPATH");
+    if (env != NULL && env[0] == '\0') {
+        env = NULL;
+    }
+
+    len = (env ? strlen(env) + 1 : 0) + strlen(ffi_python_dir) + 1;
+
+    path = malloc(len);
+    if (path == NULL) {
+        return -1;
+    }
+
+    snprintf(path, len, "%s%s%s", env ? env : "", env ? ":" : "",
+             ffi_python_dir);
+
+    PyConfig_InitPythonConfig(&config);
+    config.install_signal_handlers = 0;
+    config.parse_argv = 0;
+
+    status = PyConfig_SetBytesString(&config, &config.pythonpath_env, path);
+    free(path);
+
+    if (!PyStatus_Exception(status)) {
+        status = Py_InitializeFromConfig(&config);
+    }
+
+    PyConfig_Clear(&config);
+
+    if (PyStatus_Exception(status)) {
+        fprintf(stderr, "ffi_python3: cannot start Python: %s\n",
+                status.err_msg ? status.err_msg : "unknown error");
+        return -1;
+    }
+
+    /* from now on every thread, the caller's included, takes the GIL */
+    (void) PyEval_SaveThread();
+
+    return 0;
+}
+
+
+/*
+ * The interpreter was started by someone else (the host, or another copy
+ * of this loader): add our folder to sys.path and our module resty_ffi.
+ */
+
+static int
+ffi_python_add_loader_dir(void)
+{
+    int                rc;
+    PyObject          *path, *dir, *modules, *module;
+    PyGILState_STATE   gil;
+
+    gil = PyGILState_Ensure();
+
+    rc = -1;
+    module = NULL;
+    path = PySys_GetObject("path");
+    modules = PyImport_GetModuleDict();
+    dir = PyUnicode_DecodeFSDefault(ffi_python_dir);
+
+    if (path == NULL || dir == NULL) {
+        goto done;
+    }
+
+    rc = PySequence_Contains(path, dir);
+    if (rc == 0) {
+        rc = PyList_Append(path, dir);
+    }
+
+    if (rc < 0 || PyDict_GetItemString(modules, "resty_ffi") != NULL) {
+        goto done;
+    }
+
+    module = ffi_python_module_init();
+    rc = module ? PyDict_SetItemString(modules, "resty_ffi", module) : -1;
+
+done:
+
+    if (rc < 0) {
+        ffi_python_log_exception("cannot add %s to sys.path",
+                                 ffi_python_dir);
+    }
+
+    Py_XDECREF(module);
+    Py_XDECREF(dir);
+    PyGILState_Release(gil);
+
+    return rc < 0 ? -1 : 0;
+}
+
+
+/* splits buf in place: "[<dir>/]<module>[?],<function>[,<rest>]" */
+
+static int
+ffi_python_parse_cfg(char *buf, ffi_python_cfg_t *cfg)
+{
+    char    *p;
+    size_t   len;
+
+    cfg->module = buf;
+
+    p = strchr(buf, ',');
+    if (p == NULL) {
+        return -1;
+    }
+
+    *p++ = '\0';
+    cfg->function = p;
+
+    p = strchr(p, ',');
+    if (p != NULL) {
+        *p++ = '\0';
+    }
+
+    cfg->rest = p;
+
+    p = strrchr(cfg->module, '/');
+    if (p == NULL) {
+        cfg->dir = NULL;
+
+    } else {
+        cfg->dir = (p == cfg->module) ? "/" : cfg->module;
+        *p++ = '\0';
+        cfg->module = p;
+    }
+
+    len = strlen(cfg->module);
+    cfg->fresh = (len > 0 && cfg->module[len - 1] == '?');
+
+    if (cfg->fresh) {
+        cfg->module[--len] = '\0';
+    }
+
+    return (len == 0 || cfg->function[0] == '\0') ? -1 : 0;
+}
+
+
+/* upstream's "<dir>/<module>": <dir> goes first in sys.path, once */
+
+static int
+ffi_python_prepend_dir(const char *dir)
+{
+    int        rc;
+    PyObject  *path, *item;
+
+    path = PySys_GetObject("path");
+    if (path == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sys.path is missing");
+        return -1;
+    }
+
+    item = PyUnicode_DecodeFSDefault(dir);
+    if (item == NULL) {
+        return -1;
+    }
+
+    rc = PySequence_Contains(path, item);
+    if (rc == 0) {
+        rc = PyList_Insert(path, 0, item);
+    }
+
+    Py_DECREF(item);
+
+    return rc < 0 ? -1 : 0;
+}
+
+
+static PyObject *
+ffi_python_import(const char *name, int fresh)
+{
+    if (fresh) {
+        return ffi_python_import_fresh(name);
+    }
+
+    return PyImport_ImportModule(name);
+}
+
+
+/*
+ * A fresh import runs the module's current source in a new module object
+ * and puts that in sys.modules; the old object lives on for as long as an
+ * older runtime uses it. The source is compiled directly, never taken from
+ * __pycache__: a .pyc is trusted by mtime and size, which an edit made
+ * within the same second may leave unchanged.
+ */
+
+static PyObject *
+ffi_python_import_fresh(const char *name)
+{
+    int        ok;
+    char      *dot;
+    PyObject  *modules, *old, *util, *spec, *module, *parent, *key;
+    PyObject  *result;
+
+    modules = PyImport_GetModuleDict();
+
+    old = PyDict_GetItemString(modules, name);
+    Py_XINCREF(old);
+
+    /* find_spec() would answer with the old module's spec otherwise */
+    if (old != NULL && PyDict_DelItemString(modules, name) != 0) {
+        Py_DECREF(old);
+        return NULL;
+    }
+
+    ok = 0;
+    spec = NULL;
+    module = NULL;
+
+    /* new files in folders that were searched before */
+    util = PyImport_ImportModule("importlib");
+    result = util ? PyObject_CallMethod(util, "invalidate_caches", NULL)
+                  : NULL;
+    Py_XDECREF(util);
+
+    if (result == NULL) {
+        util = NULL;
+        goto done;
+    }
+
+    Py_DECREF(result);
+
+    util = PyImport_ImportModule("importlib.util");
+    if (util == NULL) {
+        goto done;
+    }
+
+    spec = PyObject_CallMethod(util, "find_spec", "s", name);
+    if (spec == NULL) {
+        goto done;
+    }
+
+    if (spec == Py_None) {
+        PyErr_Format(PyExc_ModuleNotFoundError, "No module named '%s'", name);
+        goto done;
+    }
+
+    module = PyObject_CallMethod(util, "module_from_spec", "O", spec);
+    if (module == NULL) {
+        goto done;
+    }
+
+    if (PyDict_SetItemString(modules, name, module) != 0
+        || ffi_python_exec_fresh(spec, module) != 0)
+    {
+        goto done;
+    }
+
+    /* what "import a.b" does too: attribute b of package a is the module */
+    dot = strrchr(name, '.');
+    if (dot != NULL) {
+        key = PyUnicode_FromStringAndSize(name, dot - name);
+        parent = key ? PyDict_GetItemWithError(modules, key) : NULL;
+        Py_XDECREF(key);
+
+        if (parent != NULL
+            && PyObject_SetAttrString(parent, dot + 1, module) != 0)
+        {
+            goto done;
+        }
+
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+    }
+
+    ok = 1;
+
+done:
+
+    if (!ok) {
+        /* keep the exception across the sys.modules repair */
+        PyObject  *type, *value, *tb;
+
+        PyErr_Fetch(&type, &value, &tb);
+
+        if (old != NULL) {
+            (void) PyDict_SetItemString(modules, name, old);
+
+        } else if (PyDict_GetItemString(modules, name) != NULL) {
+            (void) PyDict_DelItemString(modules, name);
+        }
+
+        PyErr_Restore(type, value, tb);
+        Py_CLEAR(module);
+    }
+
+    Py_XDECREF(old);
+    Py_XDECREF(spec);
+    Py_XDECREF(util);
+
+    return module;
+}
+
+
+/* source modules: compile the .py; anything else: its loader's way */
+
+static int
+ffi_python_exec_fresh(PyObject *spec, PyObject *module)
+{
+    int        rc;
+    PyObject  *loader, *origin, *source, *code, *result;
+
+    rc = -1;
+    origin = NULL;
+    source = NULL;
+    code = NULL;
+    result = NULL;
+
+    loader = PyObject_GetAttrString(spec, "loader");
+    if (loader == NULL) {
+        return -1;
+    }
+
+    if (!PyObject_HasAttrString(loader, "source_to_code")
+        || !PyObject_HasAttrString(loader, "get_data"))
+    {
+        result = PyObject_CallMethod(loader, "exec_module", "O", module);
+        rc = (result == NULL) ? -1 : 0;
+        goto done;
+    }
+
+    origin = PyObject_GetAttrString(spec, "origin");
+    if (origin == NULL) {
+        goto done;
+    }
+
+    source = PyObject_CallMethod(loader, "get_data", "O", origin);
+    if (source == NULL) {
+        goto done;
+    }
+
+    code = PyObject_CallMethod(loader, "source_to_code", "OO", source, origin);
+    if (code == NULL) {
+        goto done;
+    }
+
+    result = PyEval_EvalCode(code, PyModule_GetDict(module),
+                             PyModule_GetDict(module));
+    rc = (result == NULL) ? -1 : 0;
+
+done:
+
+    Py_XDECREF(result);
+    Py_XDECREF(code);
+    Py_XDECREF(source);
+    Py_XDECREF(origin);
+    Py_DECREF(loader);
+
+    return rc;
+}
+
+
+/* upstream's convention: function(cfg, tq) -> 0 on success */
+
+static int
+ffi_python_call_init(PyObject *function, ffi_python_cfg_t *cfg, void *tq)
+{
+    long       rc;
+    PyObject  *result;
+
+    result = PyObject_CallFunction(function, "NN",
+                                   PyLong_FromVoidPtr(cfg->rest),
+                                   PyLong_FromVoidPtr(tq));
+    if (result == NULL) {
+        ffi_python_log_exception("%s.%s() failed", cfg->module,
+                                 cfg->function);
+        return 1;
+    }
+
+    /* a function that forgot "return 0" still started its runtime */
+    if (result == Py_None) {
+        Py_DECREF(result);
+        return 0;
+    }
+
+    rc = PyLong_AsLong(result);
+    Py_DECREF(result);
+
+    if (rc == -1 && PyErr_Occurred()) {
+        ffi_python_log_exception("%s.%s() must return an int",
+                                 cfg->module, cfg->function);
+        return 1;
+    }
+
+    if (rc != 0) {
+        fprintf(stderr, "ffi_python3: %s.%s() returned %ld\n",
+                cfg->module, cfg->function, rc);
+    }
+
+    return (rc == 0) ? 0 : (rc > INT_MAX || rc < INT_MIN) ? 1 : (int) rc;
+}
+
+
+/*
+ * The simpler way: a marked function is the handler itself; a marked class
+ * is instantiated once per runtime with <rest> (a str, or None) and its
+ * instance is the handler. One poll thread per runtime calls it.
+ */
+
+static int
+ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg, void *tq)
+{
+    int                    rc;
+    PyObject              *handler;
+    pthread_t              thread;
+    ffi_python_runtime_t  *rt;
+
+    if (PyType_Check(marked)) {
+        handler = cfg->rest
+                  ? PyObject_CallFunction(marked, "s", cfg->rest)
+                  : PyObject_CallFunctionObjArgs(marked, Py_None, NULL);
+        if (handler == NULL) {
+            ffi_python_log_exception("cannot create handler %s.%s",
+                                     cfg->module, cfg->function);
+            return 1;
+        }
+
+    } else {
+        handler = Py_NewRef(marked);
+    }
+
+    if (!PyCallable_Check(handler)) {
+        fprintf(stderr, "ffi_python3: handler %s.%s is not callable\n",
+                cfg->module, cfg->function);
+        Py_DECREF(handler);
+        return 1;
+    }
+
+    rt = malloc(sizeof(ffi_python_runtime_t));
+    if (rt == NULL) {
+        Py_DECREF(handler);
+        return 1;
+    }
+
+    rt->handler = handler;
+    rt->tq = tq;
+
+    rc = pthread_create(&thread, NULL, ffi_python_poll, rt);
+    if (rc != 0) {
+        fprintf(stderr, "ffi_python3: pthread_create() failed: %s\n",
+                strerror(rc));
+        Py_DECREF(handler);
+        free(rt);
+        return 1;
+    }
+
+    (void) pthread_detach(thread);
+
+    return 0;
+}
+
+
+/*
+ * The poll thread of a handler runtime. It keeps one thread state for its
+ * life and holds the GIL only while Python code runs: never while it waits
+ * for a task, and never while it hands a response to nginx.
+ */
+
+static void *
+ffi_python_poll(void *data)
+{
+    void                  *task;
+    PyObject              *method, *result;
+    PyGILState_STATE       gil;
+    ffi_python_runtime_t  *rt;
+
+    rt = data;
+
+    gil = PyGILState_Ensure();
+    rt->ts = PyEval_SaveThread();
+
+    for ( ;; ) {
+        task = ngx_http_lua_ffi_task_poll(rt->tq);
+        if (task == NULL) {
+            break;
+        }
+
+        ffi_python_serve(rt, task);
+    }
+
+    /* the NULL task: the runtime is unloaded, let the handler clean up */
+
+    PyEval_RestoreThread(rt->ts);
+
+    if (PyObject_HasAttrString(rt->handler, "close")) {
+        method = PyObject_GetAttrString(rt->handler, "close");
+        result = method ? PyObject_CallNoArgs(method) : NULL;
+
+        if (result == NULL) {
+            ffi_python_log_exception("a handler's close() failed");
+        }
+
+        Py_XDECREF(result);
+        Py_XDECREF(method);
+    }
+
+    Py_DECREF(rt->handler);
+    PyGILState_Release(gil);
+
+    free(rt);
+
+    return NULL;
+}
+
+
+static void
+ffi_python_serve(ffi_python_runtime_t *rt, void *task)
+{
+    int        len, rc;
+    char      *req, *rsp;
+    PyObject  *arg, *result;
+
+    req = ngx_http_lua_ffi_get_req(task, &len);
+
+    PyEval_RestoreThread(rt->ts);
+
+    arg = PyBytes_FromStringAndSize(req ? req : "", req ? len : 0);
+    result = arg ? PyObject_CallOneArg(rt->handler, arg) : NULL;
+
+    rsp = (result != NULL) ? ffi_python_result(result, &len) : NULL;
+    rc = PyErr_Occurred() ? 1 : 0;
+
+    if (rc != 0) {
+        rsp = ffi_python_exception_text(&len);
+    }
+
+    Py_XDECREF(result);
+    Py_XDECREF(arg);
+
+    rt->ts = PyEval_SaveThread();
+
+    ngx_http_lua_ffi_respond(task, rc, rsp, len);
+}
+
+
+/*
+ * bytes-like and str (as UTF-8) become the response, None none at all.
+ * The copy has a spare NUL so that an empty response is an empty string.
+ */
+
+static char *
+ffi_python_result(PyObject *result, int *len)
+{
+    char       *rsp;
+    const char *data;
+    Py_ssize_t  size;
+    Py_buffer   view;
+
+    *len = 0;
+
+    if (result == Py_None) {
+        return NULL;
+    }
+
+    view.obj = NULL;
+
+    if (PyUnicode_Check(result)) {
+        data = PyUnicode_AsUTF8AndSize(result, &size);
+        if (data == NULL) {
+            return NULL;
+        }
+
+    } else if (PyObject_GetBuffer(result, &view, PyBUF_SIMPLE) == 0) {
+        data = view.buf;
+        size = view.len;
+
+    } else {
+        PyErr_Format(PyExc_TypeError, "handler returned %.200s, "
+                     "expected bytes, str or None", Py_TYPE(result)->tp_name);
+        return NULL;
+    }
+
+    rsp = NULL;
+
+    if (size > INT_MAX - 1) {
+        PyErr_SetString(PyExc_OverflowError, "response too large");
+
+    } else {
+        rsp = malloc(size + 1);
+        if (rsp == NULL) {
+            PyErr_NoMemory();
+
+        } else {
+            memcpy(rsp, data, size);
+            rsp[size] = '\0';
+            *len = (int) size;
+        }
+    }
+
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
+
+    return rsp;
+}
+
+
+/* the pending exception as "Type: message", malloc()ed, and cleared */
+
+static char *
+ffi_python_exception_text(int *len)
+{
+    char       *text;
+    PyObject   *type, *value, *tb, *traceback, *lines, *joined;
+    Py_ssize_t  size;
+    const char *data;
+
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+
+    text = NULL;
+    lines = NULL;
+    joined = NULL;
+
+    traceback = PyImport_ImportModule("traceback");
+    if (traceback != NULL && value != NULL) {
+        lines = PyObject_CallMethod(traceback, "format_exception_only", "O",
+                                    value);
+    }
+
+    if (lines != NULL) {
+        joined = PyUnicode_Join(NULL, lines);
+    }
+
+    data = joined ? PyUnicode_AsUTF8AndSize(joined, &size) : NULL;
+    if (data == NULL) {
+        data = "exception in handler";
+        size = strlen(data);
+    }
+
+    /* format_exception_only() ends with a newline: not part of the text */
+    while (size > 0 && data[size - 1] == '\n') {
+        size--;
+    }
+
+    if (size > INT_MAX - 1) {
+        size = INT_MAX - 1;
+    }
+
+    text = malloc(size + 1);
+    if (text != NULL) {
+        memcpy(text, data, size);
+        text[size] = '\0';
+    }
+
+    *len = text ? (int) size : 0;
+
+    PyErr_Clear();
+
+    Py_XDECREF(joined);
+    Py_XDECREF(lines);
+    Py_XDECREF(traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+
+    return text;
+}
+
+
+/*
+ * Writes the pending Python exception with its traceback to stderr, which
+ * nginx points at its error log, and clears it. Unlike PyErr_Print(), a
+ * SystemExit raised by a module does not end the nginx worker.
+ */
+
+static void
+ffi_python_log_exception(const char *fmt, ...)
+{
+    va_list    args;
+    PyObject  *type, *value, *tb, *traceback, *result;
+
+    va_start(args, fmt);
+    fputs("ffi_python3: ", stderr);
+    vfprintf(stderr, fmt, args);
+    fputc('\n', stderr);
+    va_end(args);
+
+    if (!PyErr_Occurred()) {
+        return;
+    }
+
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+
+    if (tb != NULL && value != NULL) {
+        (void) PyException_SetTraceback(value, tb);
+    }
+
+    result = NULL;
+
+    traceback = PyImport_ImportModule("traceback");
+    if (traceback != NULL && value != NULL) {
+        result = PyObject_CallMethod(traceback, "print_exception", "O",
+                                     value);
+    }
+
+    if (result == NULL) {
+        fprintf(stderr, "ffi_python3: (the traceback could not be printed)\n");
+    }
+
+    PyErr_Clear();
+
+    result = PySys_GetObject("stderr") != NULL
+             ? PyObject_CallMethod(PySys_GetObject("stderr"), "flush", NULL)
+             : NULL;
+    PyErr_Clear();
+
+    Py_XDECREF(result);
+    Py_XDECREF(traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+
+/* the module resty_ffi, built into the interpreter by this loader */
+
+static PyObject *
+ffi_python_handler(PyObject *self, PyObject *obj)
+{
+    if (!PyCallable_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "resty_ffi.handler decorates a function or a class");
+        return NULL;
+    }
+
+    if (PyObject_SetAttrString(obj, FFI_PYTHON_MARK, Py_True) != 0) {
+        return NULL;
+    }
+
+    return Py_NewRef(obj);
+}
+
+
+static PyMethodDef  ffi_python_methods[] = {
+    { "handler", ffi_python_handler, METH_O,
+      "Marks a function (bytes -> bytes) or a class (instantiated with the\n"
+      "cfg's rest as str or None; its instances are called with bytes) as\n"
+      "the request handler of a runtime. Returns it unchanged." },
+    { NULL, NULL, 0, NULL }
+};
+
+
+static struct PyModuleDef  ffi_python_module = {
+    PyModuleDef_HEAD_INIT,
+    "resty_ffi",
+    "Request handlers for lua-resty-ffi's Python loader.",
+    -1,
+    ffi_python_methods,
+    NULL, NULL, NULL, NULL
+};
+
+
+static PyObject *
+ffi_python_module_init(void)
+{
+    return PyModule_Create(&ffi_python_module);
+}
