@@ -12,7 +12,8 @@
 
 
 /* set in the master, inherited by the workers */
-static u_char  ngx_http_lua_ffi_shadow_dir[NGX_HTTP_LUA_FFI_PATHLEN];
+static u_char      ngx_http_lua_ffi_shadow_dir[NGX_HTTP_LUA_FFI_PATHLEN];
+static ngx_uint_t  ngx_http_lua_ffi_shadow_seq;
 
 
 /*
@@ -396,8 +397,10 @@ ngx_http_lua_ffi_write_file(u_char *path, u_char *data, size_t len)
 
 /*
  * Reads the library file once, checks those very bytes with libelf and
- * writes them to a shadow copy named after their hash: what is checked is
- * what gets mapped, whatever happens to the original file meanwhile.
+ * writes them to a new shadow copy: what is checked is what gets mapped,
+ * whatever happens to the original file meanwhile. Every copy has a name
+ * of its own, even for bytes seen before: dlopen() of a name still open
+ * would hand back the old mapping instead of a fresh one.
  */
 
 ngx_int_t
@@ -434,9 +437,10 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
         base--;
     }
 
-    p = ngx_snprintf(v->shadow, NGX_HTTP_LUA_FFI_PATHLEN - 1, "%s/%*s.%016xL",
-                     ngx_http_lua_ffi_shadow_dir,
-                     (size_t) (path->data + path->len - base), base, v->hash);
+    p = ngx_snprintf(v->shadow, NGX_HTTP_LUA_FFI_PATHLEN - 1,
+                     "%s/%*s.%P.%ui", ngx_http_lua_ffi_shadow_dir,
+                     (size_t) (path->data + path->len - base), base, ngx_pid,
+                     ++ngx_http_lua_ffi_shadow_seq);
     *p = '\0';
 
     *ngx_snprintf(tmp, sizeof(tmp) - 1, "%s.%P.tmp", v->shadow, ngx_pid) = '\0';

@@ -363,8 +363,8 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
         nv.version = 1;
         sl->current = nv;
 
-    } else if (sl->current.hash != nv.hash) {
-        /* another worker won the race with different bytes: use theirs */
+    } else {
+        /* another worker won the race: everyone maps its copy */
         ngx_http_lua_ffi_shadow_remove(&nv);
     }
 
@@ -692,6 +692,10 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
     }
 
     op->changed = (op->v.hash != cur.hash);
+
+    if (!op->changed) {
+        ngx_http_lua_ffi_shadow_remove(&op->v);
+    }
 
     if (!op->changed && (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)) {
         /* another worker saw the same drop first and reloaded it */
