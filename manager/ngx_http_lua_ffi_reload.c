@@ -32,6 +32,7 @@ typedef struct {
     time_t                        last_reload;
     u_char                        last_error[NGX_HTTP_LUA_FFI_ERRLEN];
     ngx_uint_t                    watched;
+    u_char                        drop_ident[96];
     time_t                        last_drop;
     u_char                        last_drop_event[32];
     u_char                        last_drop_outcome[NGX_HTTP_LUA_FFI_ERRLEN];
@@ -420,6 +421,26 @@ ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
 }
 
 
+/* What tells two drops apart without reading them. */
+
+static void
+ngx_http_lua_ffi_file_ident(u_char *path, u_char *ident, size_t len)
+{
+    struct stat  st;
+
+    if (stat((char *) path, &st) == -1) {
+        *ngx_snprintf(ident, len - 1, "missing") = '\0';
+        return;
+    }
+
+    *ngx_snprintf(ident, len - 1, "%uL:%uL:%O:%T.%l:%T.%l",
+                  (uint64_t) st.st_dev, (uint64_t) st.st_ino,
+                  (off_t) st.st_size, st.st_mtim.tv_sec,
+                  (long) st.st_mtim.tv_nsec, st.st_ctim.tv_sec,
+                  (long) st.st_ctim.tv_nsec) = '\0';
+}
+
+
 static ngx_uint_t
 ngx_http_lua_ffi_worker_alive(ngx_http_lua_ffi_shm_worker_t *sw)
 {
@@ -631,6 +652,7 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
     ngx_http_lua_ffi_shm_lib_t  *sl;
     ngx_http_lua_ffi_version_t   cur;
     u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char                       ident[96];
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
@@ -670,8 +692,26 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
         return;
     }
 
-    sh->owner = ngx_pid;
     sl = &sh->libs[i];
+
+    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED) {
+        /*
+         * Every worker watching the folder sees a drop: the first to get
+         * here acts on it, the others find it already handled, refused
+         * files included.
+         */
+        ngx_http_lua_ffi_file_ident(sl->path, ident, sizeof(ident));
+
+        if (ngx_strcmp(ident, sl->drop_ident) == 0) {
+            ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+            ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0);
+            return;
+        }
+
+        ngx_memcpy(sl->drop_ident, ident, sizeof(ident));
+    }
+
+    sh->owner = ngx_pid;
     cur = sl->current;
     path.len = ngx_strlen(sl->path);
     path.data = ngx_cpymem(path_buf, sl->path, path.len + 1) - path.len - 1;
