@@ -303,15 +303,35 @@ ngx_http_lua_ffi_hash(u_char *p, size_t len)
 }
 
 
+static ngx_uint_t
+ngx_http_lua_ffi_same_file(struct stat *a, struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino
+           && a->st_size == b->st_size
+           && a->st_mtim.tv_sec == b->st_mtim.tv_sec
+           && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec
+           && a->st_ctim.tv_sec == b->st_ctim.tv_sec
+           && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+
+/*
+ * The whole file, or NULL. *busy is set when the file was written to or
+ * replaced while we read it: what we got may be half a file, and a newer
+ * version is on its way.
+ */
+
 static u_char *
-ngx_http_lua_ffi_read_file(ngx_str_t *path, size_t *size, u_char *err,
-    size_t errlen)
+ngx_http_lua_ffi_read_file(ngx_str_t *path, size_t *size, ngx_uint_t *busy,
+    u_char *err, size_t errlen)
 {
     int          fd;
     u_char      *buf, *p;
     ssize_t      n;
     size_t       left;
-    struct stat  st;
+    struct stat  st, after, now;
+
+    *busy = 0;
 
     fd = open((char *) path->data, O_RDONLY | O_CLOEXEC);
     if (fd == -1) {
@@ -348,6 +368,18 @@ ngx_http_lua_ffi_read_file(ngx_str_t *path, size_t *size, u_char *err,
             /* shrunk while we read: judge what we got */
             break;
         }
+    }
+
+    if (fstat(fd, &after) == -1 || stat((char *) path->data, &now) == -1
+        || !ngx_http_lua_ffi_same_file(&st, &after)
+        || !ngx_http_lua_ffi_same_file(&st, &now))
+    {
+        *busy = 1;
+        ngx_snprintf(err, errlen, "\"%V\" changed while it was read%Z",
+                     path);
+        (void) close(fd);
+        ngx_free(buf);
+        return NULL;
     }
 
     (void) close(fd);
@@ -411,15 +443,16 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     u_char                       *data, *base, *p;
     u_char                        tmp[NGX_HTTP_LUA_FFI_PATHLEN + 64];
     size_t                        size;
+    ngx_uint_t                    busy;
     ngx_http_lua_ffi_elf_info_t   info;
 
     if (ngx_http_lua_ffi_file_trusted(path, strict, err, errlen) != NGX_OK) {
         return NGX_DECLINED;
     }
 
-    data = ngx_http_lua_ffi_read_file(path, &size, err, errlen);
+    data = ngx_http_lua_ffi_read_file(path, &size, &busy, err, errlen);
     if (data == NULL) {
-        return NGX_ERROR;
+        return busy ? NGX_AGAIN : NGX_ERROR;
     }
 
     if (ngx_http_lua_ffi_elf_inspect_mem(data, size, &info) != 0) {

@@ -727,6 +727,18 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
                                         op->flags
                                         & NGX_HTTP_LUA_FFI_RELOAD_STRICT,
                                         op->err, NGX_HTTP_LUA_FFI_ERRLEN);
+
+    if (rc == NGX_AGAIN && (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)) {
+        /* a drop still being written: its close will bring us back */
+        ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+        sh->libs[i].drop_ident[0] = '\0';
+        sh->owner = 0;
+        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0);
+        return;
+    }
+
     if (rc != NGX_OK) {
         goto failed;
     }

@@ -23,6 +23,7 @@ static ngx_int_t ngx_http_lua_ffi_call_resume(ngx_http_request_t *r);
 static void ngx_http_lua_ffi_call_cleanup(void *data);
 static void ngx_http_lua_ffi_call_timeout(ngx_event_t *ev);
 static void ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev);
+static void ngx_http_lua_ffi_abandon_all(const char *why);
 
 
 ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
@@ -62,6 +63,7 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
 
     w->notify = c;
     ngx_http_lua_ffi_notify_fd = fd;
+    ngx_queue_init(&w->calls);
 
     w->keeper.handler = ngx_http_lua_ffi_keeper_handler;
     w->keeper.log = cycle->log;
@@ -273,7 +275,7 @@ ngx_http_lua_ffi_task_alloc(size_t req_len)
     task->rsp_len = 0;
     task->answered = 0;
     task->kind = NGX_HTTP_LUA_FFI_TASK_CALL;
-    task->timed_out = 0;
+    task->abandoned = NULL;
 
     return task;
 }
@@ -337,6 +339,46 @@ ngx_http_lua_ffi_inflight_dec(void)
 }
 
 
+/*
+ * Resumes every coroutine still waiting, with false and why, so that its
+ * request ends normally; the runtimes keep their tasks, and answers that
+ * still come are freed.
+ */
+
+static void
+ngx_http_lua_ffi_abandon_all(const char *why)
+{
+    ngx_uint_t                done;
+    ngx_queue_t              *q, *next, *last;
+    ngx_http_lua_ffi_task_t  *task;
+
+    if (ngx_queue_empty(&ngx_http_lua_ffi_worker.calls)) {
+        return;
+    }
+
+    /* calls posted by the coroutines it resumes are not this pass's */
+    last = ngx_queue_last(&ngx_http_lua_ffi_worker.calls);
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.calls), done = 0;
+         !done;
+         q = next)
+    {
+        done = (q == last);
+        next = ngx_queue_next(q);
+        task = ngx_queue_data(q, ngx_http_lua_ffi_task_t, inflight);
+
+        if (task->co_ctx && task->abandoned == NULL) {
+            if (task->timer.timer_set) {
+                ngx_del_timer(&task->timer);
+            }
+
+            task->abandoned = why;
+            ngx_http_lua_ffi_call_wakeup(task);
+        }
+    }
+}
+
+
 static void
 ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
 {
@@ -358,9 +400,10 @@ ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
         if (ngx_current_msec - exit_started >= fmcf->exit_timeout) {
             ngx_log_error(NGX_LOG_WARN, ev->log, 0,
                           "ffi: %ui calls still in flight after %M ms of "
-                          "shutdown, not waiting for them",
+                          "shutdown (ffi_exit_timeout), giving up on them",
                           w->inflight, fmcf->exit_timeout);
             ev->cancelable = 1;
+            ngx_http_lua_ffi_abandon_all("worker exiting");
             return;
         }
     }
@@ -456,6 +499,7 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     rt->inflight++;
     rt->calls++;
     ngx_http_lua_ffi_inflight_inc();
+    ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.calls, &task->inflight);
 
     ngx_http_lua_cleanup_pending_operation(coctx);
     coctx->cleanup = ngx_http_lua_ffi_call_cleanup;
@@ -499,7 +543,7 @@ ngx_http_lua_ffi_call_timeout(ngx_event_t *ev)
     ngx_http_lua_ffi_task_t  *task = ev->data;
 
     /* the runtime still owns the task: its late answer is freed */
-    task->timed_out = 1;
+    task->abandoned = "timeout";
     ngx_http_lua_ffi_call_wakeup(task);
 }
 
@@ -514,6 +558,7 @@ ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task)
     }
 
     rt->inflight--;
+    ngx_queue_remove(&task->inflight);
     ngx_http_lua_ffi_inflight_dec();
     ngx_http_lua_ffi_registry_answered(rt);
 
@@ -547,7 +592,7 @@ ngx_http_lua_ffi_call_wakeup(ngx_http_lua_ffi_task_t *task)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_lua_module);
     if (ctx == NULL) {
-        if (!task->timed_out) {
+        if (task->abandoned == NULL) {
             ngx_http_lua_ffi_task_free(task);
         }
 
@@ -576,9 +621,9 @@ ngx_http_lua_ffi_call_wakeup(ngx_http_lua_ffi_task_t *task)
 static int
 ngx_http_lua_ffi_push_results(lua_State *co, ngx_http_lua_ffi_task_t *task)
 {
-    if (task->timed_out) {
+    if (task->abandoned) {
         lua_pushboolean(co, 0);
-        lua_pushliteral(co, "timeout");
+        lua_pushstring(co, task->abandoned);
         return 2;
     }
 
@@ -633,7 +678,7 @@ ngx_http_lua_ffi_call_resume(ngx_http_request_t *r)
     task = ctx->cur_co_ctx->data;
     nret = ngx_http_lua_ffi_push_results(ctx->cur_co_ctx->co, task);
 
-    if (!task->timed_out) {
+    if (task->abandoned == NULL) {
         ngx_http_lua_ffi_task_free(task);
     }
 

@@ -52,8 +52,9 @@ struct ngx_http_lua_ffi_task_s {
     int                           rsp_len;
     int                           answered;  /* atomic: respond() seen */
     ngx_event_t                   timer;     /* per-call timeout, if any */
+    ngx_queue_t                   inflight;  /* in the worker's calls */
+    const char                   *abandoned; /* why Lua stopped waiting */
     unsigned                      kind:2;
-    unsigned                      timed_out:1;
     char                         *inline_buf;  /* reusable request buffer */
     size_t                        inline_size;
 };
@@ -179,6 +180,7 @@ typedef struct {
     ngx_http_lua_ffi_task_t      *free_tasks;
     ngx_uint_t                    nfree;
     ngx_uint_t                    inflight;
+    ngx_queue_t                   calls;     /* tasks in flight */
     ngx_event_t                   keeper;    /* holds graceful exit */
     ngx_queue_t                   libraries;
     ngx_queue_t                   runtimes;  /* every runtime, any state */
