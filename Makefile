@@ -38,7 +38,7 @@ all: deps module demo
 deps:
 	@sh mk/deps.sh $(DEPS_BUILD)
 
-module: $(MODULE)
+module: $(MODULE) $(BUILD)/ffi-trial
 
 demo: $(DEMO)
 
@@ -66,6 +66,12 @@ $(MODULE): $(NGX_BUILD)/objs/Makefile $(MODULE_SRCS)
 	  objs/ngx_http_lua_ffi_module.so
 	@# a new inode: running nginx keeps its mapping of the old file
 	cp $(NGX_BUILD)/objs/ngx_http_lua_ffi_module.so $@.tmp
+	mv -f $@.tmp $@
+
+# runs a new library's constructors and libffi_init in a process of its own
+$(BUILD)/ffi-trial: tools/ffi-trial.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -g -Wall -Wextra -Werror -pthread -rdynamic -o $@.tmp $< -ldl
 	mv -f $@.tmp $@
 
 $(DEMO): examples/c/demo.c
@@ -98,12 +104,14 @@ stop:
 
 # releases of one library for the reload tests
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
-	libver-fail.so)
+	libver-fail.so libver-crashinit.so libver-crashctor.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
 	$(CC) $(CFLAGS_LIB) -shared -Wl,--build-id -DVERSION='"$*"' \
-	  $(if $(filter fail,$*),-DINIT_RC=9) -o $@ $<
+	  $(if $(filter fail,$*),-DINIT_RC=9) \
+	  $(if $(filter crashinit,$*),-DCRASH_INIT) \
+	  $(if $(filter crashctor,$*),-DCRASH_CTOR) -o $@ $<
 
 test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/runtimes

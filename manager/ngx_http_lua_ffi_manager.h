@@ -65,7 +65,8 @@ ngx_int_t ngx_http_lua_ffi_manager_init_worker(ngx_cycle_t *cycle,
     ngx_http_lua_ffi_main_conf_t *fmcf);
 void ngx_http_lua_ffi_manager_exit_worker(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
-    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
+    ngx_str_t *cfg, ngx_http_lua_ffi_version_t *v, u_char *err,
+    size_t errlen);
 
 typedef void (*ngx_http_lua_ffi_reload_done_pt)(void *data, ngx_int_t status,
     u_char *body, size_t len);
@@ -81,6 +82,10 @@ void ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path);
 ngx_int_t ngx_http_lua_ffi_status_start(
     ngx_http_lua_ffi_reload_done_pt done, void *data);
 void ngx_http_lua_ffi_reload_cancel(void *data);
+
+/* trial */
+ngx_int_t ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path,
+    ngx_str_t *cfgs, ngx_uint_t ncfgs, u_char *err, size_t errlen);
 
 /* watcher */
 ngx_int_t ngx_http_lua_ffi_watch_init(ngx_cycle_t *cycle);

@@ -211,7 +211,7 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
         return NULL;
     }
 
-    if (ngx_http_lua_ffi_shm_current(&lib->path, name, &v, err, errlen)
+    if (ngx_http_lua_ffi_shm_current(&lib->path, name, cfg, &v, err, errlen)
         != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s", err);
@@ -283,6 +283,7 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
 {
     int                          n;
     char                        *c;
+    sigset_t                     mask, old;
     ngx_http_lua_ffi_runtime_t  *rt;
 
     rt = ngx_calloc(sizeof(ngx_http_lua_ffi_runtime_t) + cfg->len + 1,
@@ -333,7 +334,23 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
         c[cfg->len] = '\0';
     }
 
+    /*
+     * Threads the library starts inherit this mask: like nginx's own thread
+     * pools, they take no signal meant for the worker (SIGCHLD, SIGQUIT...)
+     * and nginx's handlers only ever run on the event loop thread.
+     */
+    sigfillset(&mask);
+    sigdelset(&mask, SIGSEGV);
+    sigdelset(&mask, SIGBUS);
+    sigdelset(&mask, SIGFPE);
+    sigdelset(&mask, SIGILL);
+    sigdelset(&mask, SIGABRT);
+    sigdelset(&mask, SIGPROF);
+    (void) pthread_sigmask(SIG_BLOCK, &mask, &old);
+
     n = img->init(c, rt);
+
+    (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
 
     free(c);
 

@@ -107,6 +107,8 @@ static void ngx_http_lua_ffi_command(ngx_http_lua_ffi_cmd_e type,
     ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_handle_command(void);
 static void ngx_http_lua_ffi_status_publish(void);
+static ngx_int_t ngx_http_lua_ffi_reload_trial(ngx_http_lua_ffi_op_t *op,
+    ngx_str_t *path);
 
 
 static ngx_http_lua_ffi_shm_t   *ngx_http_lua_ffi_shm;
@@ -309,7 +311,8 @@ ngx_http_lua_ffi_shm_add_name(ngx_http_lua_ffi_shm_lib_t *sl, ngx_str_t *name)
 
 ngx_int_t
 ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
-    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
+    ngx_str_t *cfg, ngx_http_lua_ffi_version_t *v, u_char *err,
+    size_t errlen)
 {
     ngx_int_t                    i, rc;
     ngx_http_lua_ffi_shm_lib_t  *sl;
@@ -334,6 +337,14 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
     rc = ngx_http_lua_ffi_shadow_create(path, &nv, 0, err, errlen);
     if (rc != NGX_OK) {
         return rc;
+    }
+
+    if (ngx_http_lua_ffi_fmcf->trial
+        && ngx_http_lua_ffi_trial(nv.shadow, path, cfg, 1, err, errlen)
+           != NGX_OK)
+    {
+        ngx_http_lua_ffi_shadow_remove(&nv);
+        return NGX_DECLINED;
     }
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
@@ -780,6 +791,14 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
 
     op->v.version = cur.version + 1;
 
+    if (op->changed && ngx_http_lua_ffi_fmcf->trial
+        && ngx_http_lua_ffi_reload_trial(op, &path) != NGX_OK)
+    {
+        ngx_http_lua_ffi_shadow_remove(&op->v);
+        rc = NGX_DECLINED;
+        goto failed;
+    }
+
     ngx_http_lua_ffi_command(NGX_HTTP_LUA_FFI_CMD_PREPARE, op);
     ngx_http_lua_ffi_reload_check(op);
 
@@ -800,6 +819,53 @@ failed:
     ngx_http_lua_ffi_op_error(op, rc == NGX_BUSY ? NGX_HTTP_CONFLICT
                                                  : NGX_HTTP_UNPROCESSABLE_ENTITY,
                               op->err);
+}
+
+
+/* The new image with the cfg of every runtime this worker has of it. */
+
+static ngx_int_t
+ngx_http_lua_ffi_reload_trial(ngx_http_lua_ffi_op_t *op, ngx_str_t *path)
+{
+    ngx_uint_t                   n;
+    ngx_str_t                    cfgs[16];
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_handle_t   *h;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    n = 0;
+    lib = ngx_http_lua_ffi_registry_library(path);
+
+    if (lib) {
+        for (q = ngx_queue_head(&lib->handles);
+             q != ngx_queue_sentinel(&lib->handles) && n < 16;
+             q = ngx_queue_next(q))
+        {
+            h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+
+            /* the trial takes C strings: copies end where a NUL is */
+            cfgs[n].len = h->cfg.len;
+            cfgs[n].data = h->has_cfg
+                           ? ngx_pnalloc(ngx_cycle->pool, h->cfg.len + 1)
+                           : NULL;
+
+            if (cfgs[n].data) {
+                ngx_memcpy(cfgs[n].data, h->cfg.data, h->cfg.len);
+                cfgs[n].data[h->cfg.len] = '\0';
+            }
+
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        cfgs[n].data = NULL;
+        cfgs[n].len = 0;
+        n++;
+    }
+
+    return ngx_http_lua_ffi_trial(op->v.shadow, path, cfgs, n, op->err,
+                                  NGX_HTTP_LUA_FFI_ERRLEN);
 }
 
 

@@ -37,6 +37,13 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
       offsetof(ngx_http_lua_ffi_main_conf_t, watch),
       NULL },
 
+    { ngx_string("ffi_trial"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, trial),
+      NULL },
+
     { ngx_string("ffi_watch_delay"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -139,6 +146,7 @@ ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
     }
 
     fmcf->watch = NGX_CONF_UNSET;
+    fmcf->trial = NGX_CONF_UNSET;
     fmcf->watch_delay = NGX_CONF_UNSET_MSEC;
     fmcf->close_grace = NGX_CONF_UNSET_MSEC;
     fmcf->exit_timeout = NGX_CONF_UNSET_MSEC;
@@ -157,6 +165,7 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
     char  *tmp;
 
     ngx_conf_init_value(fmcf->watch, 0);
+    ngx_conf_init_value(fmcf->trial, 1);
     ngx_conf_init_msec_value(fmcf->watch_delay, 300);
     ngx_conf_init_msec_value(fmcf->close_grace, 500);
     ngx_conf_init_msec_value(fmcf->exit_timeout, 5000);

@@ -195,6 +195,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  *library_path;  /* of ngx_str_t */
     ngx_flag_t                    watch;
+    ngx_flag_t                    trial;
     ngx_msec_t                    watch_delay;
     ngx_msec_t                    close_grace;
     ngx_msec_t                    exit_timeout;

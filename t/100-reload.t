@@ -187,6 +187,22 @@ for my $bad (['a text file', sub { open my $f, '>', $_[0]; print $f "hi\n" }],
     is_deeply($seen, { 'true v3' => 10 }, "$what: v3 serves on");
 }
 
+# --- a crash in libffi_init or a constructor costs no worker: a trial
+#     process runs them first
+for my $crash (qw(crashinit crashctor)) {
+    install(release($crash), $ver);
+    ($status, $json) = reload($ver);
+    is($status, 422, "$crash: 422");
+    like($json->{error}, qr/crashed \(signal 11\) in a constructor or libffi_init, in a trial process/,
+         "$crash: the error says it crashed in a trial");
+    ($seen) = answers('/v', 10);
+    is_deeply($seen, { 'true v3' => 10 }, "$crash: v3 serves on");
+    is_deeply([sort { $a <=> $b } FFITest::worker_pids()],
+              [sort { $a <=> $b } @workers], "$crash: no worker restarted");
+}
+unlike(FFITest::error_log(), qr/exited on signal|\[alert\]/,
+       'no alert: the trial was reaped by the module');
+
 # --- the same file again: a runtime restart on the same image
 install(release('v3'), $ver);
 ($status, $json) = reload($ver);

@@ -4,6 +4,7 @@
  */
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,10 @@ libffi_init(char *cfg, void *tq)
         return INIT_RC;
     }
 
+#ifdef CRASH_INIT
+    raise(SIGSEGV);   /* a null store may be optimised away */
+#endif
+
     rt = calloc(1, sizeof(ver_runtime_t));
     if (rt == NULL) {
         return 1;
@@ -152,3 +157,13 @@ ver_unload(void)
 
     ver_runtimes = NULL;
 }
+
+
+#ifdef CRASH_CTOR
+/* a release that crashes as soon as it is mapped */
+__attribute__((constructor)) static void
+ver_crash(void)
+{
+    raise(SIGSEGV);   /* a null store may be optimised away */
+}
+#endif

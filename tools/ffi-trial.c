@@ -1,0 +1,153 @@
+/*
+ * ffi-trial: maps a library in a short-lived process of its own and runs
+ * its constructors and libffi_init, so that a crash there costs no worker.
+ */
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+
+/*
+ * usage: ffi-trial SHADOW LIBRARY [CFG]...   ("-" for a nil cfg)
+ * prints one line and exits 0: "ok", "dlopen: ...", "no libffi_init",
+ * "init N returned RC"; a crash prints nothing.
+ */
+
+typedef struct {
+    pthread_mutex_t  mutex;
+    pthread_cond_t   cond;
+    int              closed;
+} trial_queue_t;
+
+
+static const char  *trial_library;
+
+
+/* The runtime ABI, as the host has it; the trial queues only ever close. */
+
+void *
+ngx_http_lua_ffi_task_poll(void *tq)
+{
+    trial_queue_t  *q = tq;
+
+    pthread_mutex_lock(&q->mutex);
+
+    while (!q->closed) {
+        pthread_cond_wait(&q->cond, &q->mutex);
+    }
+
+    pthread_mutex_unlock(&q->mutex);
+
+    return NULL;
+}
+
+
+int
+ngx_http_lua_ffi_task_poll_batch(void *tq, void **tasks, int n)
+{
+    (void) tasks;
+    (void) n;
+
+    ngx_http_lua_ffi_task_poll(tq);
+
+    return 0;
+}
+
+
+char *
+ngx_http_lua_ffi_get_req(void *tsk, int *len)
+{
+    (void) tsk;
+
+    if (len) {
+        *len = 0;
+    }
+
+    return NULL;
+}
+
+
+void
+ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
+{
+    (void) tsk;
+    (void) rc;
+    (void) rsp_len;
+
+    free(rsp);
+}
+
+
+const char *
+ngx_http_lua_ffi_library_path(void *tq)
+{
+    (void) tq;
+
+    return trial_library;
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int             i, rc;
+    void           *dl;
+    int           (*init)(char *, void *);
+    trial_queue_t  *q;
+
+    if (argc < 3) {
+        fprintf(stderr, "usage: ffi-trial SHADOW LIBRARY [CFG]...\n");
+        return 2;
+    }
+
+    trial_library = argv[2];
+
+    dl = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL) {
+        printf("dlopen: %s\n", dlerror());
+        fflush(stdout);
+        _exit(0);
+    }
+
+    *(void **) &init = dlsym(dl, "libffi_init");
+    if (init == NULL) {
+        printf("no libffi_init\n");
+        fflush(stdout);
+        _exit(0);
+    }
+
+    for (i = 3; i < argc || i == 3; i++) {
+        q = calloc(1, sizeof(trial_queue_t));
+        if (q == NULL) {
+            _exit(1);
+        }
+
+        pthread_mutex_init(&q->mutex, NULL);
+        pthread_cond_init(&q->cond, NULL);
+
+        rc = init((i < argc && strcmp(argv[i], "-") != 0) ? argv[i] : NULL,
+                  q);
+
+        /* the NULL task at once: a runtime may start to stop, that's all */
+        pthread_mutex_lock(&q->mutex);
+        q->closed = 1;
+        pthread_cond_broadcast(&q->cond);
+        pthread_mutex_unlock(&q->mutex);
+
+        if (rc != 0) {
+            printf("init %d returned %d\n", i - 3, rc);
+            fflush(stdout);
+            _exit(0);
+        }
+    }
+
+    printf("ok\n");
+    fflush(stdout);
+
+    /* no destructors, no joins: the library's threads die with us */
+    _exit(0);
+}
