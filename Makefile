@@ -31,7 +31,8 @@ DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])
 
-.PHONY: all deps module demo run stop test test-libs examples clean bench
+.PHONY: all deps module demo run stop test test-libs examples clean bench \
+	fuzz fuzz-admin
 
 all: deps module demo
 
@@ -92,6 +93,26 @@ examples: all
 
 include manager/elf.mk
 
+# the admin endpoint's request parser under libFuzzer
+build/admin_fuzz: fuzz/admin_fuzz.c admin/ngx_http_lua_ffi_admin_args.c \
+		admin/ngx_http_lua_ffi_admin_args.h
+	@mkdir -p build
+	$(FUZZ_CC) $(ELF_FUZZ_CFLAGS) -Iadmin -o $@ fuzz/admin_fuzz.c \
+		admin/ngx_http_lua_ffi_admin_args.c
+
+fuzz-admin: build/admin_fuzz
+	@mkdir -p build/admin-fuzz/corpus build/admin-fuzz/seeds
+	@printf '\005reloadlib=demo' >build/admin-fuzz/seeds/reload
+	@printf '\006statusa=1&lib=%%2e%%2e%%2Fx&lib=y' >build/admin-fuzz/seeds/status
+	./build/admin_fuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+		-artifact_prefix=build/admin-fuzz/ \
+		build/admin-fuzz/corpus build/admin-fuzz/seeds
+
+# both fuzzers, FUZZ_SECONDS each (CI runs this)
+fuzz: deps
+	@sh mk/deps.sh clang libclang-rt-14-dev
+	$(MAKE) -s fuzz-elf fuzz-admin
+
 # ---- the demo ----
 
 run: all
@@ -116,9 +137,13 @@ $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/runtimes
 
+# the whole suite; the fuzzers run for a bounded time first
+TEST_FUZZ_SECONDS ?= 10
+
 test: all examples
 	@sh mk/deps.sh $(DEPS_TEST)
 	$(MAKE) -s test-libs build/ffi-elf-check
+	$(MAKE) -s fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 	prove -r t/
 
 clean:

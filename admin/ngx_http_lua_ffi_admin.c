@@ -4,6 +4,7 @@
  */
 
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_admin_args.h"
 
 
 static ngx_int_t ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r);
@@ -140,42 +141,26 @@ ngx_http_lua_ffi_admin_authorized(ngx_http_request_t *r, ngx_str_t *token)
 static ngx_int_t
 ngx_http_lua_ffi_admin_lib(ngx_http_request_t *r, ngx_str_t *name)
 {
-    u_char     *dst, *src;
-    ngx_str_t   value;
+    int  rc;
 
-    if (ngx_http_arg(r, (u_char *) "lib", 3, &value) != NGX_OK
-        || value.len == 0)
-    {
-        return NGX_DECLINED;
-    }
-
-    if (value.len > 3 * NGX_HTTP_LUA_FFI_NAMELEN) {
-        return NGX_ERROR;
-    }
-
-    name->data = ngx_pnalloc(r->pool, value.len);
+    name->data = ngx_pnalloc(r->pool, NGX_HTTP_LUA_FFI_NAMELEN);
     if (name->data == NULL) {
         return NGX_ERROR;
     }
 
-    dst = name->data;
-    src = value.data;
-    ngx_unescape_uri(&dst, &src, value.len, 0);
-    name->len = dst - name->data;
+    rc = ngx_http_lua_ffi_admin_lib_arg(r->args.data, r->args.len,
+                                        name->data, NGX_HTTP_LUA_FFI_NAMELEN,
+                                        &name->len);
 
-    if (name->len == 0 || name->len >= NGX_HTTP_LUA_FFI_NAMELEN
-        || ngx_strlchr(name->data, dst, '\0'))
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    return rc == NGX_HTTP_LUA_FFI_ARG_OK ? NGX_OK
+           : rc == NGX_HTTP_LUA_FFI_ARG_MISSING ? NGX_DECLINED : NGX_ERROR;
 }
 
 
 static ngx_int_t
 ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
 {
+    int                            endpoint;
     ngx_int_t                      rc;
     ngx_str_t                      rel, name;
     ngx_http_cleanup_t            *cln;
@@ -192,10 +177,7 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
         rel.len -= clcf->name.len;
     }
 
-    while (rel.len && rel.data[0] == '/') {
-        rel.data++;
-        rel.len--;
-    }
+    endpoint = ngx_http_lua_ffi_admin_endpoint(rel.data, rel.len);
 
     if (!ngx_http_lua_ffi_admin_authorized(r, &fmcf->admin_token)) {
         ngx_http_discard_request_body(r);
@@ -203,13 +185,13 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
                                             "missing or wrong token");
     }
 
-    if (rel.len == 6 && ngx_strncmp(rel.data, "status", 6) == 0) {
+    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_STATUS) {
         if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
             ngx_http_discard_request_body(r);
             return ngx_http_lua_ffi_admin_not_allowed(r, "GET, HEAD");
         }
 
-    } else if (rel.len == 6 && ngx_strncmp(rel.data, "reload", 6) == 0) {
+    } else if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_RELOAD) {
         if (r->method != NGX_HTTP_POST) {
             ngx_http_discard_request_body(r);
             return ngx_http_lua_ffi_admin_not_allowed(r, "POST");
@@ -240,7 +222,7 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
     cln->handler = ngx_http_lua_ffi_admin_cleanup;
     cln->data = r;
 
-    if (rel.data[0] == 's') {
+    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_STATUS) {
         r->main->count++;
 
         if (ngx_http_lua_ffi_status_start(ngx_http_lua_ffi_admin_done, r)

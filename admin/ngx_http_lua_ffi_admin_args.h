@@ -1,0 +1,27 @@
+/*
+ * The admin endpoint's request parsing: plain C, shared by the module and
+ * the fuzz target (fuzz/admin_fuzz.c).
+ */
+
+#ifndef _NGX_HTTP_LUA_FFI_ADMIN_ARGS_H_INCLUDED_
+#define _NGX_HTTP_LUA_FFI_ADMIN_ARGS_H_INCLUDED_
+
+
+#include <stddef.h>
+
+
+#define NGX_HTTP_LUA_FFI_ADMIN_UNKNOWN   0
+#define NGX_HTTP_LUA_FFI_ADMIN_RELOAD    1
+#define NGX_HTTP_LUA_FFI_ADMIN_STATUS    2
+
+#define NGX_HTTP_LUA_FFI_ARG_OK          0
+#define NGX_HTTP_LUA_FFI_ARG_MISSING    -1
+#define NGX_HTTP_LUA_FFI_ARG_BAD        -2
+
+
+int ngx_http_lua_ffi_admin_endpoint(const unsigned char *rel, size_t len);
+int ngx_http_lua_ffi_admin_lib_arg(const unsigned char *args, size_t len,
+    unsigned char *out, size_t outsize, size_t *outlen);
+
+
+#endif /* _NGX_HTTP_LUA_FFI_ADMIN_ARGS_H_INCLUDED_ */

@@ -1,0 +1,57 @@
+
+/*
+ * libFuzzer target for the admin endpoint's request parsing: any path and
+ * query string gives a clean verdict, and a decoded lib is a short C string
+ * with no NUL inside.
+ */
+
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ngx_http_lua_ffi_admin_args.h"
+
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    int            rc, ep;
+    size_t         len, split;
+    unsigned char  out[256];
+
+    /* the first byte splits the input into a path and a query string */
+    split = size ? data[0] % (size) : 0;
+
+    ep = ngx_http_lua_ffi_admin_endpoint(data, split);
+    if (ep != NGX_HTTP_LUA_FFI_ADMIN_UNKNOWN
+        && ep != NGX_HTTP_LUA_FFI_ADMIN_RELOAD
+        && ep != NGX_HTTP_LUA_FFI_ADMIN_STATUS)
+    {
+        abort();
+    }
+
+    len = (size_t) -1;
+    memset(out, 0xa5, sizeof(out));
+
+    rc = ngx_http_lua_ffi_admin_lib_arg(data + split, size - split, out,
+                                        sizeof(out), &len);
+
+    if (rc == NGX_HTTP_LUA_FFI_ARG_OK) {
+        if (len == 0 || len >= sizeof(out) || out[len] != '\0'
+            || memchr(out, '\0', len) != NULL)
+        {
+            abort();
+        }
+
+    } else if (rc != NGX_HTTP_LUA_FFI_ARG_MISSING
+               && rc != NGX_HTTP_LUA_FFI_ARG_BAD)
+    {
+        abort();
+    }
+
+    return 0;
+}
