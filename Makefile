@@ -82,7 +82,9 @@ $(DEMO): examples/c/demo.c
 # ---- examples in other languages (CONTRACT section 7) ----
 
 EXAMPLE_DEPS := golang-go librust-libc-dev libpython3-dev python3-cffi \
-	pkg-config
+	pkg-config openjdk-17-jdk-headless libjnr-ffi-java xxd \
+	libuv1-dev node-acorn node-cjs-module-lexer node-undici g++ \
+	libc-ares2 libnghttp2-14 libbrotli1 libicu72 libuv1 libssl3 zlib1g
 
 examples: all
 	@sh mk/deps.sh $(EXAMPLE_DEPS)
@@ -90,6 +92,8 @@ examples: all
 	$(MAKE) -C examples/go
 	$(MAKE) -C examples/rust
 	$(MAKE) -C examples/python
+	$(MAKE) -C examples/java
+	$(MAKE) -C examples/nodejs
 
 include manager/elf.mk
 
@@ -150,4 +154,4 @@ clean:
 	rm -rf $(BUILD)
 	rm -f $(DEMO)
 	$(MAKE) -s -C t/lib/runtimes clean
-	for d in go rust python; do $(MAKE) -s -C examples/$$d clean; done
+	for d in go rust python java nodejs; do $(MAKE) -s -C examples/$$d clean; done

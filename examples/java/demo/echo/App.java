@@ -1,0 +1,81 @@
+/*
+ * The Java echo runtime: answers every request with the same bytes.
+ * Written to upstream lua-resty-ffi's Java conventions (jnr-ffi, own thread).
+ *
+ * Loaded by libffi_java with cfg "demo.echo.App?,init,": init() starts a
+ * poll thread and returns; the thread ends when it polls the NULL task.
+ */
+
+package demo.echo;
+
+import jnr.ffi.LibraryLoader;
+import jnr.ffi.Pointer;
+import jnr.ffi.Runtime;
+import jnr.ffi.byref.IntByReference;
+
+public class App {
+
+    /* the runtime ABI, found among the process's global symbols (nginx's) */
+    public interface Host {
+        Pointer ngx_http_lua_ffi_task_poll(Pointer tq);
+        Pointer ngx_http_lua_ffi_get_req(Pointer task, IntByReference len);
+        void ngx_http_lua_ffi_respond(Pointer task, int rc, Pointer rsp,
+                                      int rspLen);
+    }
+
+    /* responses are malloc()ed: the host free()s them */
+    public interface Libc {
+        Pointer malloc(long size);
+    }
+
+    public static int init(String cfg, long tq) {
+        Host host = LibraryLoader.create(Host.class)
+                                 .load(LibraryLoader.DEFAULT_LIBRARY);
+        Libc libc = LibraryLoader.create(Libc.class).load("c");
+        Pointer queue = Pointer.wrap(Runtime.getSystemRuntime(), tq);
+
+        Thread poller = new Thread(() -> serve(host, libc, queue),
+                                   "ffi-java-echo");
+
+        /* a daemon: it never holds the process back */
+        poller.setDaemon(true);
+        poller.start();
+
+        return 0;
+    }
+
+    private static void serve(Host host, Libc libc, Pointer queue) {
+        IntByReference len = new IntByReference();
+
+        for ( ;; ) {
+            Pointer task = host.ngx_http_lua_ffi_task_poll(queue);
+
+            if (task == null) {
+                /* unloaded: the queue is gone, never touch it again */
+                return;
+            }
+
+            Pointer req = host.ngx_http_lua_ffi_get_req(task, len);
+
+            if (req == null) {
+                host.ngx_http_lua_ffi_respond(task, 0, null, 0);
+                continue;
+            }
+
+            int n = len.intValue();
+
+            /* n + 1 bytes, NUL-terminated: rsp_len 0 then means "" */
+            Pointer rsp = libc.malloc(n + 1);
+
+            if (rsp == null) {
+                host.ngx_http_lua_ffi_respond(task, 1, null, 0);
+                continue;
+            }
+
+            req.transferTo(0, rsp, 0, n);
+            rsp.putByte(n, (byte) 0);
+
+            host.ngx_http_lua_ffi_respond(task, 0, rsp, n);
+        }
+    }
+}
