@@ -24,6 +24,7 @@ static void ngx_http_lua_ffi_call_cleanup(void *data);
 static void ngx_http_lua_ffi_call_timeout(ngx_event_t *ev);
 static void ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev);
 static void ngx_http_lua_ffi_abandon_all(const char *why);
+static void ngx_http_lua_ffi_busy_handler(ngx_event_t *ev);
 
 
 ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
@@ -65,6 +66,10 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
     ngx_http_lua_ffi_notify_fd = fd;
     ngx_queue_init(&w->calls);
 
+    w->busy.handler = ngx_http_lua_ffi_busy_handler;
+    w->busy.log = cycle->log;
+    w->busy.data = w;
+
     w->keeper.handler = ngx_http_lua_ffi_keeper_handler;
     w->keeper.log = cycle->log;
     w->keeper.data = w;
@@ -83,6 +88,12 @@ ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
     if (w->keeper.timer_set) {
         ngx_del_timer(&w->keeper);
     }
+
+    if (w->busy.posted) {
+        ngx_delete_posted_event(&w->busy);
+    }
+
+    __atomic_store_n(&w->polling, 0, __ATOMIC_SEQ_CST);
 
     if (w->notify) {
         /* the fd belongs to the master's array: only stop watching it */
@@ -132,10 +143,18 @@ ngx_http_lua_ffi_bridge_done_push(ngx_http_lua_ffi_task_t *task)
     do {
         task->next = old;
     } while (!__atomic_compare_exchange_n(&ngx_http_lua_ffi_worker.done,
-                                          &old, task, 1, __ATOMIC_RELEASE,
+                                          &old, task, 1, __ATOMIC_SEQ_CST,
                                           __ATOMIC_RELAXED));
 
-    if (old == NULL) {
+    /*
+     * While the event loop busy-polls it finds the answer by itself. The
+     * push above and this load pair with the loop's store of polling = 0
+     * and its last look at the stack: one of the two sides sees the other.
+     */
+    if (old == NULL
+        && !__atomic_load_n(&ngx_http_lua_ffi_worker.polling,
+                            __ATOMIC_SEQ_CST))
+    {
         ngx_http_lua_ffi_bridge_wake();
     }
 }
@@ -413,6 +432,69 @@ ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
 
 
 /*
+ * After a call is posted the event loop does not sleep in epoll_wait() for
+ * ffi_busy_poll_us: the busy event, posted for the next cycle, makes that
+ * wait a non-blocking look, and takes answers off the stack itself. A quick
+ * runtime's answer then costs neither an eventfd write nor a wakeup.
+ */
+
+static void
+ngx_http_lua_ffi_busy_start(void)
+{
+    ngx_http_lua_ffi_worker_t     *w = &ngx_http_lua_ffi_worker;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_http_cycle_get_module_main_conf(w->cycle,
+                                               ngx_http_lua_ffi_module);
+    if (fmcf->busy_poll_us == 0 || w->exiting) {
+        return;
+    }
+
+    w->busy_until = ngx_http_lua_ffi_now_ns() + fmcf->busy_poll_us * 1000;
+
+    if (!w->busy.posted) {
+        __atomic_store_n(&w->polling, 1, __ATOMIC_SEQ_CST);
+        ngx_post_event(&w->busy, &ngx_posted_next_events);
+    }
+}
+
+
+static void
+ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
+{
+    ngx_http_lua_ffi_worker_t  *w = ev->data;
+
+    if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
+        ngx_http_lua_ffi_bridge_process();
+
+    } else if ((++w->busy_rounds & 15) == 0) {
+        /* now and then: a runtime thread on this CPU gets to answer */
+        (void) sched_yield();
+    }
+
+    if (w->inflight && ngx_http_lua_ffi_now_ns() < w->busy_until) {
+        if (!ev->posted) {
+            ngx_post_event(ev, &ngx_posted_next_events);
+        }
+
+        return;
+    }
+
+    if (ev->posted) {
+        /* a call posted while we processed answers started a new round */
+        return;
+    }
+
+    __atomic_store_n(&w->polling, 0, __ATOMIC_SEQ_CST);
+
+    /* an answer pushed before the store above found polling still on */
+    if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
+        ngx_http_lua_ffi_bridge_process();
+    }
+}
+
+
+/*
  * Posts a call from the current coroutine. On NGX_OK the Lua side yields;
  * the answer, a timeout or the caller's death decides what happens next.
  */
@@ -499,6 +581,7 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     rt->inflight++;
     rt->calls++;
     ngx_http_lua_ffi_inflight_inc();
+    ngx_http_lua_ffi_busy_start();
     ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.calls, &task->inflight);
 
     ngx_http_lua_cleanup_pending_operation(coctx);

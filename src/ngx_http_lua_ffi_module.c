@@ -44,6 +44,20 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
       offsetof(ngx_http_lua_ffi_main_conf_t, trial),
       NULL },
 
+    { ngx_string("ffi_busy_poll_us"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, busy_poll_us),
+      NULL },
+
+    { ngx_string("ffi_queue_spin_us"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, queue_spin_us),
+      NULL },
+
     { ngx_string("ffi_watch_delay"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -147,6 +161,8 @@ ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
 
     fmcf->watch = NGX_CONF_UNSET;
     fmcf->trial = NGX_CONF_UNSET;
+    fmcf->busy_poll_us = NGX_CONF_UNSET_UINT;
+    fmcf->queue_spin_us = NGX_CONF_UNSET_UINT;
     fmcf->watch_delay = NGX_CONF_UNSET_MSEC;
     fmcf->close_grace = NGX_CONF_UNSET_MSEC;
     fmcf->exit_timeout = NGX_CONF_UNSET_MSEC;
@@ -166,6 +182,8 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(fmcf->watch, 0);
     ngx_conf_init_value(fmcf->trial, 1);
+    ngx_conf_init_uint_value(fmcf->busy_poll_us, 20);
+    ngx_conf_init_uint_value(fmcf->queue_spin_us, 20);
     ngx_conf_init_msec_value(fmcf->watch_delay, 300);
     ngx_conf_init_msec_value(fmcf->close_grace, 500);
     ngx_conf_init_msec_value(fmcf->exit_timeout, 5000);

@@ -70,7 +70,9 @@ struct ngx_http_lua_ffi_queue_s {
     ngx_uint_t                    max;
     ngx_uint_t                    sleepers;  /* pollers in cond_wait */
     ngx_uint_t                    taken;     /* tasks handed to pollers */
-    unsigned                      closing:1; /* NULL task appended */
+    uint64_t                      spin_ns;   /* poll: spin before sleep */
+    int                           spinning;  /* atomic: one spinner */
+    int                           closing;   /* NULL task appended */
     unsigned                      closed:1;  /* NULL task taken */
 };
 
@@ -182,6 +184,10 @@ typedef struct {
     ngx_uint_t                    inflight;
     ngx_queue_t                   calls;     /* tasks in flight */
     ngx_event_t                   keeper;    /* holds graceful exit */
+    ngx_event_t                   busy;      /* polls answers, no sleep */
+    uint64_t                      busy_until;
+    ngx_uint_t                    busy_rounds;
+    int                           polling;   /* atomic: busy is on */
     ngx_queue_t                   libraries;
     ngx_queue_t                   runtimes;  /* every runtime, any state */
     ngx_log_t                    *log;
@@ -196,6 +202,8 @@ typedef struct {
     ngx_array_t                  *library_path;  /* of ngx_str_t */
     ngx_flag_t                    watch;
     ngx_flag_t                    trial;
+    ngx_uint_t                    busy_poll_us;
+    ngx_uint_t                    queue_spin_us;
     ngx_msec_t                    watch_delay;
     ngx_msec_t                    close_grace;
     ngx_msec_t                    exit_timeout;
@@ -228,7 +236,8 @@ ngx_int_t ngx_http_lua_ffi_bridge_wait(ngx_msec_t timeout);
 
 /* queue: thread-safe, both sides */
 ngx_int_t ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q,
-    ngx_uint_t max);
+    ngx_uint_t max, ngx_uint_t spin_us);
+uint64_t ngx_http_lua_ffi_now_ns(void);
 void ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q);
 ngx_int_t ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
     ngx_http_lua_ffi_task_t *task);

@@ -6,8 +6,21 @@
 #include "ngx_http_lua_ffi_module.h"
 
 
+uint64_t
+ngx_http_lua_ffi_now_ns(void)
+{
+    struct timespec  ts;
+
+    /* the vDSO answers: no system call */
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
 ngx_int_t
-ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q, ngx_uint_t max)
+ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q, ngx_uint_t max,
+    ngx_uint_t spin_us)
 {
     ngx_memzero(q, sizeof(ngx_http_lua_ffi_queue_t));
 
@@ -21,6 +34,7 @@ ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q, ngx_uint_t max)
     }
 
     q->max = max;
+    q->spin_ns = (uint64_t) spin_us * 1000;
 
     return NGX_OK;
 }
@@ -68,7 +82,7 @@ ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
     }
 
     q->tail = task;
-    q->size++;
+    __atomic_store_n(&q->size, q->size + 1, __ATOMIC_RELEASE);
     wake = q->sleepers;
 
     (void) pthread_mutex_unlock(&q->mutex);
@@ -87,10 +101,55 @@ void
 ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q)
 {
     (void) pthread_mutex_lock(&q->mutex);
-    q->closing = 1;
+    __atomic_store_n(&q->closing, 1, __ATOMIC_RELEASE);
     (void) pthread_mutex_unlock(&q->mutex);
 
     (void) pthread_cond_broadcast(&q->cond);
+}
+
+
+/*
+ * A poller that finds the queue empty spins for a few microseconds before
+ * it sleeps: a task posted meanwhile (the next call of a sequence, say) is
+ * taken without a futex wake on either side. One spinner per queue; the
+ * other pollers of a multi-threaded runtime sleep at once.
+ */
+
+static void
+ngx_http_lua_ffi_queue_spin(ngx_http_lua_ffi_queue_t *q)
+{
+    uint64_t    deadline;
+    ngx_uint_t  i;
+
+    if (__atomic_load_n(&q->size, __ATOMIC_ACQUIRE)
+        || __atomic_load_n(&q->closing, __ATOMIC_ACQUIRE)
+        || __atomic_exchange_n(&q->spinning, 1, __ATOMIC_ACQUIRE))
+    {
+        return;
+    }
+
+    deadline = ngx_http_lua_ffi_now_ns() + q->spin_ns;
+
+    for (i = 1; ; i++) {
+        if (__atomic_load_n(&q->size, __ATOMIC_ACQUIRE)
+            || __atomic_load_n(&q->closing, __ATOMIC_ACQUIRE))
+        {
+            break;
+        }
+
+        if ((i & 63) == 0) {
+            if (ngx_http_lua_ffi_now_ns() >= deadline) {
+                break;
+            }
+
+            /* the event loop may share this CPU: let it post the task */
+            (void) sched_yield();
+        }
+
+        ngx_cpu_pause();
+    }
+
+    __atomic_store_n(&q->spinning, 0, __ATOMIC_RELEASE);
 }
 
 
@@ -106,6 +165,10 @@ ngx_http_lua_ffi_queue_take(ngx_http_lua_ffi_queue_t *q, void **tasks, int n)
     int                       got;
     ngx_uint_t                first_null;
     ngx_http_lua_ffi_task_t  *task;
+
+    if (q->spin_ns) {
+        ngx_http_lua_ffi_queue_spin(q);
+    }
 
     (void) pthread_mutex_lock(&q->mutex);
 
@@ -125,7 +188,7 @@ ngx_http_lua_ffi_queue_take(ngx_http_lua_ffi_queue_t *q, void **tasks, int n)
         q->tail = NULL;
     }
 
-    q->size -= got;
+    __atomic_store_n(&q->size, q->size - got, __ATOMIC_RELEASE);
     q->taken += got;
 
     first_null = (got == 0 && !q->closed);
