@@ -10,7 +10,7 @@
 #include "ngx_http_lua_util.h"
 
 
-/* free tasks kept for reuse, and the largest request buffer they keep */
+/* past this many free tasks they keep no request buffer; the largest one */
 #define NGX_HTTP_LUA_FFI_FREE_TASKS    1024
 #define NGX_HTTP_LUA_FFI_KEEP_BUF      16384
 #define NGX_HTTP_LUA_FFI_KEEPER_MSEC   1000
@@ -103,6 +103,7 @@ ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
         w->notify = NULL;
     }
 
+    /* tasks a runtime still holds are left alone: it may answer them */
     while (w->free_tasks) {
         task = w->free_tasks;
         w->free_tasks = task->next;
@@ -110,6 +111,7 @@ ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
         ngx_free(task);
     }
 
+    w->free_last = NULL;
     w->nfree = 0;
 }
 
@@ -163,15 +165,25 @@ ngx_http_lua_ffi_bridge_done_push(ngx_http_lua_ffi_task_t *task)
 NGX_HTTP_LUA_FFI_API void
 ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
 {
-    ngx_http_lua_ffi_task_t  *task = tsk;
+    int                       expected;
+    ngx_http_lua_ffi_task_t  *task;
 
-    if (task == NULL) {
+    if (tsk == NULL) {
         free(rsp);
         return;
     }
 
-    /* a second answer to one task is dropped, not delivered twice */
-    if (__atomic_exchange_n(&task->answered, 1, __ATOMIC_ACQ_REL)) {
+    task = ngx_http_lua_ffi_task_untag(tsk);
+
+    /*
+     * Only the first answer to this use of the task counts: a second one,
+     * or one for an earlier use of the same object, is dropped.
+     */
+    expected = ngx_http_lua_ffi_task_gen(tsk) << 1;
+
+    if (!__atomic_compare_exchange_n(&task->state, &expected, expected | 1,
+                                     0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    {
         free(rsp);
         return;
     }
@@ -267,11 +279,18 @@ ngx_http_lua_ffi_task_alloc(size_t req_len)
         w->free_tasks = task->next;
         w->nfree--;
 
+        if (w->free_tasks == NULL) {
+            w->free_last = NULL;
+        }
+
     } else {
-        task = ngx_calloc(sizeof(ngx_http_lua_ffi_task_t), w->log);
+        task = ngx_memalign(NGX_HTTP_LUA_FFI_TASK_ALIGN,
+                            sizeof(ngx_http_lua_ffi_task_t), w->log);
         if (task == NULL) {
             return NULL;
         }
+
+        ngx_memzero(task, sizeof(ngx_http_lua_ffi_task_t));
     }
 
     if (req_len > task->inline_size) {
@@ -280,7 +299,7 @@ ngx_http_lua_ffi_task_alloc(size_t req_len)
 
         task->inline_buf = ngx_alloc(req_len, w->log);
         if (task->inline_buf == NULL) {
-            ngx_free(task);
+            ngx_http_lua_ffi_task_free(task);
             return NULL;
         }
 
@@ -292,8 +311,13 @@ ngx_http_lua_ffi_task_alloc(size_t req_len)
     task->rc = 0;
     task->rsp = NULL;
     task->rsp_len = 0;
-    task->answered = 0;
     task->kind = NGX_HTTP_LUA_FFI_TASK_CALL;
+
+    /* a new generation, not yet answered */
+    __atomic_store_n(&task->state,
+                     ((((unsigned) task->state >> 1) + 1)
+                      & NGX_HTTP_LUA_FFI_GEN_MASK) << 1,
+                     __ATOMIC_RELEASE);
     task->abandoned = NULL;
 
     return task;
@@ -310,20 +334,27 @@ ngx_http_lua_ffi_task_free(ngx_http_lua_ffi_task_t *task)
         task->rsp = NULL;
     }
 
-    if (w->nfree >= NGX_HTTP_LUA_FFI_FREE_TASKS || w->exiting) {
-        ngx_free(task->inline_buf);
-        ngx_free(task);
-        return;
-    }
+    /* answered from now on, whatever a runtime still says about it */
+    __atomic_or_fetch(&task->state, 1, __ATOMIC_RELEASE);
 
-    if (task->inline_size > NGX_HTTP_LUA_FFI_KEEP_BUF) {
+    if (task->inline_size > NGX_HTTP_LUA_FFI_KEEP_BUF
+        || w->nfree >= NGX_HTTP_LUA_FFI_FREE_TASKS)
+    {
         ngx_free(task->inline_buf);
         task->inline_buf = NULL;
         task->inline_size = 0;
     }
 
-    task->next = w->free_tasks;
-    w->free_tasks = task;
+    task->next = NULL;
+
+    if (w->free_last) {
+        w->free_last->next = task;
+
+    } else {
+        w->free_tasks = task;
+    }
+
+    w->free_last = task;
     w->nfree++;
 }
 

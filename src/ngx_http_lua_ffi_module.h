@@ -38,8 +38,26 @@ typedef enum {
 
 /*
  * One call. Owned by the event loop, lent to the runtime between post and
- * respond. Task objects are recycled through a per-worker free list.
+ * respond. Task objects are recycled through a per-worker FIFO and never
+ * freed while the worker lives, so that a runtime that answers a task twice
+ * or late never writes to freed memory. The runtime sees the task's address
+ * with its 8-bit generation in the low bits (tasks are 256-byte aligned):
+ * an answer for an earlier use of the object is recognised and dropped.
  */
+
+#define NGX_HTTP_LUA_FFI_TASK_ALIGN  256
+#define NGX_HTTP_LUA_FFI_GEN_MASK    (NGX_HTTP_LUA_FFI_TASK_ALIGN - 1)
+
+#define ngx_http_lua_ffi_task_tag(t)                                         \
+    ((void *) ((uintptr_t) (t)                                               \
+               | (((unsigned) (t)->state >> 1) & NGX_HTTP_LUA_FFI_GEN_MASK)))
+
+#define ngx_http_lua_ffi_task_untag(p)                                       \
+    ((ngx_http_lua_ffi_task_t *) ((uintptr_t) (p)                            \
+                                  & ~(uintptr_t) NGX_HTTP_LUA_FFI_GEN_MASK))
+
+#define ngx_http_lua_ffi_task_gen(p)                                         \
+    ((int) ((uintptr_t) (p) & NGX_HTTP_LUA_FFI_GEN_MASK))
 struct ngx_http_lua_ffi_task_s {
     ngx_http_lua_ffi_task_t      *next;      /* queue or done-stack link */
     ngx_http_lua_ffi_runtime_t   *runtime;
@@ -50,7 +68,7 @@ struct ngx_http_lua_ffi_task_s {
     int                           rc;
     char                         *rsp;
     int                           rsp_len;
-    int                           answered;  /* atomic: respond() seen */
+    int                           state;     /* atomic: gen << 1 | answered */
     ngx_event_t                   timer;     /* per-call timeout, if any */
     ngx_queue_t                   inflight;  /* in the worker's calls */
     const char                   *abandoned; /* why Lua stopped waiting */
@@ -179,7 +197,8 @@ struct ngx_http_lua_ffi_handle_s {
 typedef struct {
     ngx_connection_t             *notify;    /* our eventfd */
     ngx_http_lua_ffi_task_t      *done;      /* atomic LIFO of answers */
-    ngx_http_lua_ffi_task_t      *free_tasks;
+    ngx_http_lua_ffi_task_t      *free_tasks;  /* FIFO: oldest first */
+    ngx_http_lua_ffi_task_t      *free_last;
     ngx_uint_t                    nfree;
     ngx_uint_t                    inflight;
     ngx_queue_t                   calls;     /* tasks in flight */

@@ -181,7 +181,7 @@ ngx_http_lua_ffi_queue_take(ngx_http_lua_ffi_queue_t *q, void **tasks, int n)
     for (got = 0; got < n && q->head; got++) {
         task = q->head;
         q->head = task->next;
-        tasks[got] = task;
+        tasks[got] = ngx_http_lua_ffi_task_tag(task);
     }
 
     if (q->head == NULL) {
@@ -243,7 +243,21 @@ ngx_http_lua_ffi_library_path(void *tq)
 NGX_HTTP_LUA_FFI_API char *
 ngx_http_lua_ffi_get_req(void *tsk, int *len)
 {
-    ngx_http_lua_ffi_task_t  *task = tsk;
+    ngx_http_lua_ffi_task_t  *task;
+
+    task = ngx_http_lua_ffi_task_untag(tsk);
+
+    /* a stale or answered task has no request any more */
+    if ((__atomic_load_n(&task->state, __ATOMIC_ACQUIRE) >> 1
+         & NGX_HTTP_LUA_FFI_GEN_MASK) != ngx_http_lua_ffi_task_gen(tsk)
+        || (__atomic_load_n(&task->state, __ATOMIC_ACQUIRE) & 1))
+    {
+        if (len) {
+            *len = 0;
+        }
+
+        return NULL;
+    }
 
     if (len) {
         *len = task->req_len;
