@@ -281,11 +281,10 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
     ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
     size_t errlen)
 {
-    int                            n;
-    char                          *c;
-    sigset_t                       mask, old;
-    ngx_http_lua_ffi_runtime_t    *rt;
-    ngx_http_lua_ffi_main_conf_t  *fmcf;
+    int                          n;
+    char                        *c;
+    sigset_t                     mask, old;
+    ngx_http_lua_ffi_runtime_t  *rt;
 
     rt = ngx_calloc(sizeof(ngx_http_lua_ffi_runtime_t) + cfg->len + 1,
                     ngx_cycle->log);
@@ -294,11 +293,8 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
         return NULL;
     }
 
-    fmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                               ngx_http_lua_ffi_module);
-
     if (ngx_http_lua_ffi_queue_init(&rt->queue, max_queue,
-                                    fmcf->queue_spin_us)
+                                    ngx_http_lua_ffi_worker.queue_spin_us)
         != NGX_OK)
     {
         ngx_free(rt);

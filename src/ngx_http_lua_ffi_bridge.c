@@ -4,10 +4,10 @@
  * which answers (from any thread) resume their coroutines.
  */
 
-#include <poll.h>
-
 #include "ngx_http_lua_ffi_module.h"
 #include "ngx_http_lua_util.h"
+
+#include <poll.h>
 
 
 /* past this many free tasks they keep no request buffer; the largest one */
@@ -25,6 +25,8 @@ static void ngx_http_lua_ffi_call_timeout(ngx_event_t *ev);
 static void ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev);
 static void ngx_http_lua_ffi_abandon_all(const char *why);
 static void ngx_http_lua_ffi_busy_handler(ngx_event_t *ev);
+static void ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle,
+    ngx_http_lua_ffi_worker_t *w);
 
 
 ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
@@ -66,6 +68,8 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
     ngx_http_lua_ffi_notify_fd = fd;
     ngx_queue_init(&w->calls);
 
+    ngx_http_lua_ffi_spin_init(cycle, w);
+
     w->busy.handler = ngx_http_lua_ffi_busy_handler;
     w->busy.log = cycle->log;
     w->busy.data = w;
@@ -76,6 +80,36 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
     w->keeper.cancelable = 1;
 
     return NGX_OK;
+}
+
+
+/*
+ * Spinning pays only when the worker and a runtime's thread run on two
+ * CPUs at once. A worker bound to one CPU (worker_cpu_affinity) passes that
+ * binding to the threads libraries start: then neither side spins.
+ */
+
+static void
+ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle, ngx_http_lua_ffi_worker_t *w)
+{
+    cpu_set_t                      set;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_lua_ffi_module);
+
+    w->busy_poll_ns = (uint64_t) fmcf->busy_poll_us * 1000;
+    w->queue_spin_us = fmcf->queue_spin_us;
+
+    if ((w->busy_poll_ns || w->queue_spin_us)
+        && sched_getaffinity(0, sizeof(cpu_set_t), &set) == 0
+        && CPU_COUNT(&set) == 1)
+    {
+        ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
+                      "ffi: worker bound to one CPU: no busy polling or "
+                      "queue spinning");
+        w->busy_poll_ns = 0;
+        w->queue_spin_us = 0;
+    }
 }
 
 
@@ -472,16 +506,13 @@ ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
 static void
 ngx_http_lua_ffi_busy_start(void)
 {
-    ngx_http_lua_ffi_worker_t     *w = &ngx_http_lua_ffi_worker;
-    ngx_http_lua_ffi_main_conf_t  *fmcf;
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
 
-    fmcf = ngx_http_cycle_get_module_main_conf(w->cycle,
-                                               ngx_http_lua_ffi_module);
-    if (fmcf->busy_poll_us == 0 || w->exiting) {
+    if (w->busy_poll_ns == 0 || w->exiting) {
         return;
     }
 
-    w->busy_until = ngx_http_lua_ffi_now_ns() + fmcf->busy_poll_us * 1000;
+    w->busy_until = ngx_http_lua_ffi_now_ns() + w->busy_poll_ns;
 
     if (!w->busy.posted) {
         __atomic_store_n(&w->polling, 1, __ATOMIC_SEQ_CST);

@@ -205,6 +205,8 @@ typedef struct {
     ngx_event_t                   keeper;    /* holds graceful exit */
     ngx_event_t                   busy;      /* polls answers, no sleep */
     uint64_t                      busy_until;
+    uint64_t                      busy_poll_ns;  /* 0: sleep at once */
+    ngx_uint_t                    queue_spin_us;
     ngx_uint_t                    busy_rounds;
     int                           polling;   /* atomic: busy is on */
     ngx_queue_t                   libraries;
