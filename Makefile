@@ -150,6 +150,14 @@ test: all examples
 	$(MAKE) -s fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 	prove -r t/
 
+# ---- benchmarks (bench/results.md, bench/results.png) ----
+
+DEPS_BENCH := wrk gnuplot-nox linux-perf python3
+
+bench: all
+	@sh mk/deps.sh $(DEPS_BENCH)
+	bash bench/run.sh
+
 clean:
 	rm -rf $(BUILD)
 	rm -f $(DEMO)

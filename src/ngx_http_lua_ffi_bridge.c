@@ -17,6 +17,7 @@
 
 
 static void ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev);
+static void ngx_http_lua_ffi_bridge_drain_fd(void);
 static void ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task);
 static void ngx_http_lua_ffi_call_wakeup(ngx_http_lua_ffi_task_t *task);
 static ngx_int_t ngx_http_lua_ffi_call_resume(ngx_http_request_t *r);
@@ -237,8 +238,30 @@ ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
 static void
 ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev)
 {
+    ngx_http_lua_ffi_bridge_drain_fd();
     ngx_http_lua_ffi_bridge_process();
+
+    /* other workers write here too: reloads and status requests */
     ngx_http_lua_ffi_reload_notified();
+}
+
+
+/*
+ * Reads the counter before the stack is taken: a push that lands after the
+ * take finds the stack empty and writes again, so no answer is left behind
+ * until the next unrelated wakeup. Only the eventfd's own handler reads it:
+ * a wakeup may also carry news from another worker.
+ */
+
+static void
+ngx_http_lua_ffi_bridge_drain_fd(void)
+{
+    ssize_t   rc;
+    uint64_t  n;
+
+    do {
+        rc = read(ngx_http_lua_ffi_notify_fd, &n, sizeof(uint64_t));
+    } while (rc == -1 && errno == EINTR);
 }
 
 
@@ -257,6 +280,7 @@ ngx_http_lua_ffi_bridge_wait(ngx_msec_t timeout)
         return NGX_AGAIN;
     }
 
+    ngx_http_lua_ffi_bridge_drain_fd();
     ngx_http_lua_ffi_bridge_process();
 
     return NGX_OK;
@@ -266,19 +290,8 @@ ngx_http_lua_ffi_bridge_wait(ngx_msec_t timeout)
 void
 ngx_http_lua_ffi_bridge_process(void)
 {
-    ssize_t                     rc;
-    uint64_t                    n;
     ngx_http_lua_ffi_task_t    *task, *next, *fifo;
     ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
-
-    /*
-     * Read the counter before taking the stack: a push that lands after
-     * the take finds the stack empty and writes again, so no answer is
-     * left behind until the next unrelated wakeup.
-     */
-    do {
-        rc = read(ngx_http_lua_ffi_notify_fd, &n, sizeof(uint64_t));
-    } while (rc == -1 && errno == EINTR);
 
     task = __atomic_exchange_n(&w->done, NULL, __ATOMIC_ACQUIRE);
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+# The benchmark of issue 7 (run by bench/run.sh): ffi vs a unix-domain socket
+# vs pure Lua, reload latency, memory, and a profile; writes bench/results.*.
+
+import json
+import os
+import signal
+import sys
+import time
+
+SAVED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                     "build", "bench", "results.json")
+
+# --report writes results.md and .png again from the last run's figures
+# (after an edit of notes.md, say), with the settings that run had
+if sys.argv[1:] == ["--report"]:
+    with open(SAVED) as f:
+        SAVED_RUN = json.load(f)
+    os.environ.update(SAVED_RUN["env"])
+
+import ffiprofile                                           # noqa: E402
+import measure                                              # noqa: E402
+import report                                               # noqa: E402
+from harness import HTTP_CONF, Bench, log                   # noqa: E402
+
+
+def timed(fn, *args):
+    t0 = time.time()
+    fn(*args)
+    log("   (%.0f s)" % (time.time() - t0))
+
+
+def main():
+    started = time.time()
+    b = Bench()
+
+    def on_signal(signo, frame):
+        raise SystemExit(128 + signo)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    try:
+        b.start_uds()
+
+        # the default first: runtime threads go to whichever CPU is free
+        b.start_nginx(pinned=False)
+        log("nginx on 127.0.0.1:%d, workers %s, no CPU affinity"
+            % (b.port, " ".join(str(p) for p in b.workers())))
+        timed(measure.run_sequential, b)
+        timed(measure.run_throughput, b)
+        timed(ffiprofile.run_profile, b, ["seq512", "wrk32"])
+        b.stop_nginx()
+
+        # each worker, and the runtime threads it starts, on its own CPU
+        b.start_nginx(pinned=True)
+        log("nginx on 127.0.0.1:%d, workers %s, worker_cpu_affinity auto"
+            % (b.port, " ".join(str(p) for p in b.workers())))
+        timed(measure.run_sequential, b)
+        timed(measure.run_throughput, b)
+        timed(measure.run_reload, b)
+        timed(measure.run_memory, b)
+        timed(ffiprofile.run_profile, b, ["seq512", "seq100k", "wrk32"])
+    finally:
+        b.stop_all()
+
+    b.results["run"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "secs": time.time() - started, "machine": report.machine(),
+        "http_conf": HTTP_CONF}
+    with open(SAVED, "w") as f:
+        json.dump({"results": b.results, "commands": b.commands,
+                   "env": {k: v for k, v in os.environ.items()
+                           if k.startswith("BENCH_")}}, f)
+    write_report(b)
+
+
+def write_report(b):
+    chart = report.plot(b)
+    report.report(b, chart)
+    report.print_table(b)
+    log("\nwrote bench/results.md%s"
+        % (" and bench/results.png" if chart else ""))
+
+
+def rewrite_report():
+    b = Bench()
+    b.results = SAVED_RUN["results"]
+    b.commands = SAVED_RUN["commands"]
+    write_report(b)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--report"]:
+        rewrite_report()
+    else:
+        main()

@@ -1,0 +1,260 @@
+# The four measurements of issue 7: sequential round trips, throughput,
+# reload under load, and memory (run in this order by bench/bench.py).
+
+import http.client
+import json
+import signal
+import statistics
+import threading
+import time
+
+from harness import (LIB, MEM_CALLS, MEM_RELOADS, RELOAD_EVERY_MS, RELOADS,
+                     SEQ_N, SEQ_ROUNDS, SEQ_SIZES, SETTLE_TIMEOUT,
+                     WRK_CONNS, WRK_SECS, WRK_SIZE, log, percentile,
+                     wait_for)
+
+
+# ---- (1) sequential round trips ----
+
+def run_sequential(b):
+    log("== sequential round trips (%s): %d calls from one coroutine, in "
+        "%d rounds alternating ffi and uds"
+        % (b.config(), SEQ_N, SEQ_ROUNDS))
+    rows = []
+    n = SEQ_N // SEQ_ROUNDS
+    for size in SEQ_SIZES:
+        row = {"size": size, "config": b.config(),
+               "rounds": {"ffi": [], "uds": []}}
+        for i in range(SEQ_ROUNDS):
+            # alternate who goes first: a burst of other work on the
+            # machine then hits both alike
+            for via in (("ffi", "uds") if i % 2 == 0 else ("uds", "ffi")):
+                status, body = b.get("/seq?via=%s&size=%d&n=%d"
+                                     % (via, size, n))
+                r = json.loads(body)
+                if status != 200 or r["errors"]:
+                    raise RuntimeError("/seq %s %d: %d %r"
+                                       % (via, size, status, body))
+                row["rounds"][via].append(r["secs"] * 1e6 / n)
+        for via in ("ffi", "uds"):
+            row[via] = statistics.median(row["rounds"][via])
+        row["ratio"] = row["uds"] / row["ffi"]
+        log("  %7d B  ffi %8.2f us  uds %8.2f us  ffi is %.2fx as fast"
+            "  (rounds: ffi %s, uds %s)"
+            % (size, row["ffi"], row["uds"], row["ratio"],
+               spread(row["rounds"]["ffi"]), spread(row["rounds"]["uds"])))
+        rows.append(row)
+    b.results.setdefault("seq", []).extend(rows)
+
+
+def spread(values):
+    return "%.1f-%.1f" % (min(values), max(values))
+
+
+# ---- (2) throughput ----
+
+def run_throughput(b):
+    log("== throughput (%s): wrk -t2, %d s per run, %d B answers"
+        % (b.config(), WRK_SECS, WRK_SIZE))
+    rows = []
+    for conns in WRK_CONNS:
+        for handler in ("ffi", "uds", "lua"):
+            p = b.wrk("/%s?size=%d" % (handler, WRK_SIZE), conns, WRK_SECS)
+            r = b.wrk_result(p)
+            r.update(handler=handler, conns=conns, config=b.config())
+            del r["raw"]
+            rows.append(r)
+            log("  %-3s c=%-3d %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  "
+                "errors %d  non-2xx %d"
+                % (handler, conns, r["rps"], r["p50"] or -1, r["p99"] or -1,
+                   r["errors"], r["non2xx"]))
+    for r in rows:
+        lua = [x for x in rows
+               if x["conns"] == r["conns"] and x["handler"] == "lua"][0]
+        r["vs_lua"] = r["rps"] / lua["rps"] if lua["rps"] else 0
+    b.results.setdefault("wrk", []).extend(rows)
+
+
+# ---- (3) reload under load ----
+
+def lib_views(st):
+    """Each worker's view of the library: None where it is not loaded."""
+    views = []
+    for w in st["workers"]:
+        lib = [x for x in w["libraries"] if x["name"] == LIB]
+        views.append(lib[0] if lib else None)
+    return views
+
+
+def all_serve(st, version):
+    """Every worker that has the library serves it at `version`."""
+    views = [v for v in lib_views(st) if v is not None]
+    if not views:
+        return False
+    for v in views:
+        if v["version"] != version:
+            return False
+        serving = [r for r in v["runtimes"] if r["state"] == "serving"]
+        if not serving or any(r["image_version"] != version
+                              for r in serving):
+            return False
+    return True
+
+
+def settled(st):
+    """No old image is mapped any more in any worker."""
+    return all(v is None or v["mapped_images"] == 1 for v in lib_views(st))
+
+
+def reload_once(b):
+    b.install_build(1 - b.build)
+    t0 = time.perf_counter()
+    code, body = b.request("POST", "/ffi/reload?lib=" + LIB)
+    t200 = time.perf_counter() - t0
+    if code != 200:
+        raise RuntimeError("reload: %d %r" % (code, body))
+    r = json.loads(body)
+    if not r.get("changed"):
+        raise RuntimeError("reload did not change the image: %r" % r)
+
+    # the 200 says every worker serves the new version: check it
+    polls = 0
+    while True:
+        polls += 1
+        if all_serve(b.status(), r["version"]):
+            break
+        if time.perf_counter() - t0 > SETTLE_TIMEOUT:
+            raise RuntimeError("version %d not served everywhere"
+                               % r["version"])
+    tall = time.perf_counter() - t0
+    return t200 * 1e3, tall * 1e3, polls == 1
+
+
+def wait_settled(b):
+    t0 = time.perf_counter()
+    while not settled(b.status()):
+        if time.perf_counter() - t0 > SETTLE_TIMEOUT:
+            raise RuntimeError("old images still mapped after %d s"
+                               % SETTLE_TIMEOUT)
+        time.sleep(0.02)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def run_reload(b):
+    log("== reload: %d reloads alternating two builds, one every %d ms, "
+        "under wrk -c32" % (RELOADS, RELOAD_EVERY_MS))
+    wait_settled(b)
+    load = b.wrk("/ffi?size=%d" % WRK_SIZE, 32, 3600, threads=1)
+    # both workers serve the library before the first reload is timed
+    wait_for(lambda: all(v is not None and v["runtimes"]
+                         for v in lib_views(b.status())),
+             15, "both workers to serve the library")
+
+    t200, tall, first = [], [], 0
+    start = time.perf_counter()
+    for i in range(RELOADS):
+        # one reload every RELOAD_EVERY_MS: each meets the load going on,
+        # not the aftermath of the one before
+        time.sleep(max(0.0, start + i * RELOAD_EVERY_MS / 1e3
+                       - time.perf_counter()))
+        a, c, f = reload_once(b)
+        t200.append(a)
+        tall.append(c)
+        first += f
+    load.send_signal(signal.SIGINT)
+    w = b.wrk_result(load)
+    unmapped = wait_settled(b)
+
+    r = {"n": RELOADS, "t200": t200, "tall": tall, "first_status": first,
+         "t200_median": statistics.median(t200),
+         "t200_p90": percentile(t200, 90), "t200_max": max(t200),
+         "tall_median": statistics.median(tall),
+         "tall_p90": percentile(tall, 90),
+         "requests": w["requests"], "rps": w["rps"],
+         "lost": w["errors"] + w["non2xx"], "unmapped_ms": unmapped}
+    b.results["reload"] = r
+    log("  POST -> 200: median %.2f ms, p90 %.2f ms, max %.2f ms"
+        % (r["t200_median"], r["t200_p90"], r["t200_max"]))
+    log("  POST -> status shows every worker on it: median %.2f ms, "
+        "p90 %.2f ms (%d/%d at the first look)"
+        % (r["tall_median"], r["tall_p90"], first, RELOADS))
+    log("  load meanwhile: %d requests, %d lost" % (r["requests"], r["lost"]))
+
+
+# ---- (4) memory ----
+
+def run_memory(b):
+    log("== memory: worker RSS around %d calls and %d reloads"
+        % (MEM_CALLS, MEM_RELOADS))
+    wait_settled(b)
+    rss0 = b.rss_kb()
+
+    # a keep-alive connection stays with one worker: find one per worker
+    conns = {}
+    for _ in range(64):
+        c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=600)
+        code, body = b.get("/seq?via=ffi&size=16&n=1", c)
+        pid = json.loads(body)["pid"]
+        if pid in conns:
+            c.close()
+        else:
+            conns[pid] = c
+        if len(conns) == 2:
+            break
+
+    errors = []
+    share = MEM_CALLS // len(conns)
+
+    def calls(c, n):
+        code, body = b.get("/seq?via=ffi&size=512&conc=16&n=%d" % n, c)
+        c.close()
+        if code != 200 or json.loads(body)["errors"]:
+            errors.append(body)
+
+    threads = [threading.Thread(target=calls, args=(c, share))
+               for c in conns.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError("calls failed: %r" % errors)
+    rss1 = b.rss_kb()
+
+    # two rounds of reloads: growth in the second is what a leak looks like
+    load = b.wrk("/ffi?size=%d" % WRK_SIZE, 4, 3600, threads=1)
+    rss, secs = [], 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for _ in range(MEM_RELOADS):
+            reload_once(b)
+        secs += time.perf_counter() - t0
+        wait_settled(b)
+        rss.append(b.rss_kb())
+    load.send_signal(signal.SIGINT)
+    w = b.wrk_result(load)
+
+    def mb(rss):
+        return sum(rss.values()) / 1024.0
+
+    r = {"before": mb(rss0), "after_calls": mb(rss1),
+         "after_reloads": mb(rss[0]), "after_reloads2": mb(rss[1]),
+         "per_worker": [rss0, rss1] + rss, "call_workers": len(conns),
+         "reload_secs": secs / 2, "lost": w["errors"] + w["non2xx"],
+         "requests": w["requests"]}
+    r["calls_pct"] = (r["after_calls"] / r["before"] - 1) * 100
+    r["reloads_pct"] = (r["after_reloads"] / r["before"] - 1) * 100
+    r["reloads2_pct"] = (r["after_reloads2"] / r["before"] - 1) * 100
+    r["kb_per_reload"] = ((r["after_reloads2"] - r["after_reloads"])
+                          * 1024.0 / MEM_RELOADS)
+    b.results["memory"] = r
+    log("  RSS (sum of workers): %.1f MB -> %.1f MB after calls (%+.1f%%) "
+        "-> %.1f MB after reloads (%+.1f%%) -> %.1f MB after as many more "
+        "(%+.1f%%, %.2f KB per reload)"
+        % (r["before"], r["after_calls"], r["calls_pct"],
+           r["after_reloads"], r["reloads_pct"], r["after_reloads2"],
+           r["reloads2_pct"], r["kb_per_reload"]))
+    log("  %d reloads took %.1f s; load meanwhile: %d requests, %d lost"
+        % (MEM_RELOADS, r["reload_secs"], r["requests"], r["lost"]))
+
+

@@ -1,0 +1,68 @@
+#!/bin/bash
+# `make bench`: builds the benchmark's helpers under build/bench and runs
+# bench/bench.py; whatever it started is stopped on any exit (trap).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$repo/build/bench
+cc=${CC:-cc}
+
+cd "$repo"
+
+if [ ! -f build/ngx_http_lua_ffi_module.so ]; then
+    echo "bench: build/ngx_http_lua_ffi_module.so is missing: run make" >&2
+    exit 1
+fi
+
+for tool in nginx wrk python3; do
+    command -v "$tool" >/dev/null || {
+        echo "bench: $tool not found (see DEPS_BENCH in the Makefile)" >&2
+        exit 1
+    }
+done
+
+mkdir -p "$out"
+
+"$cc" -O2 -g -Wall -Wextra -Werror -pthread -o "$out/uds_echo" \
+    bench/uds_echo.c
+
+# two builds of the demo that differ only in their build id: each reload
+# swaps in the other, so that a new image is really mapped every time
+"$cc" -O2 -g -Wall -Wextra -Werror -fPIC -pthread -shared \
+    -Wl,--build-id=0xbe0c0a00000000000000000000000000000000a1 \
+    -o "$out/libdemo-a.so" examples/c/demo.c
+"$cc" -O2 -g -Wall -Wextra -Werror -fPIC -pthread -shared \
+    -Wl,--build-id=0xbe0c0b00000000000000000000000000000000b2 \
+    -o "$out/libdemo-b.so" examples/c/demo.c
+
+# the driver leads its own process group (nginx, uds_echo, wrk, perf run
+# in it): the trap stops that group if the driver itself cannot
+driver=
+stop() {
+    [ -n "$driver" ] || return 0
+
+    if kill -0 "$driver" 2>/dev/null; then
+        kill -TERM "$driver" 2>/dev/null || true
+        wait "$driver" 2>/dev/null || true
+    fi
+
+    # whatever outlived a driver that was killed hard
+    if kill -0 -- "-$driver" 2>/dev/null; then
+        kill -TERM -- "-$driver" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 -- "-$driver" 2>/dev/null || return 0
+            sleep 0.1
+        done
+        kill -KILL -- "-$driver" 2>/dev/null || true
+    fi
+}
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+python=python3
+[ -x /usr/bin/python3 ] && python=/usr/bin/python3
+
+setsid "$python" -B bench/bench.py &
+driver=$!
+wait "$driver"
