@@ -47,7 +47,7 @@ ok(FFITest::start_nginx(
        init_worker_by_lua_block => $init_worker,
    ), 'nginx up');
 
-ok(FFITest::wait_for_log('loaders up up in', 20, 2),
+ok(FFITest::wait_for_log('loaders up up in', 60, 2),
    'both workers run a JVM and Node.js');
 
 both_answer('started', 40);
@@ -71,7 +71,7 @@ ok(FFITest::wait_exit($workers[0], 10), 'the QUIT worker exited');
 ok(FFITest::wait_for_log(qr/worker process $workers[0] exited with code 0/,
                          10, 1),
    '... with code 0');
-ok(FFITest::wait_for_log('loaders up up in', 20, 3),
+ok(FFITest::wait_for_log('loaders up up in', 60, 3),
    'its replacement runs a JVM and Node.js');
 
 both_answer('after QUIT', 40);
@@ -86,7 +86,7 @@ for my $pid (@workers) {
                              10, 1),
        '... with code 0');
 }
-ok(FFITest::wait_for_log('loaders up up in', 20, 5),
+ok(FFITest::wait_for_log('loaders up up in', 60, 5),
    'the new workers run a JVM and Node.js');
 
 both_answer('after HUP', 40);
@@ -100,7 +100,7 @@ ok(FFITest::wait_exit($workers[0], 10), 'the TERM worker exited');
 ok(FFITest::wait_for_log(qr/worker process $workers[0] exited with code 0/,
                          10, 1),
    '... with code 0');
-ok(FFITest::wait_for_log('loaders up up in', 20, 6),
+ok(FFITest::wait_for_log('loaders up up in', 60, 6),
    'its replacement runs a JVM and Node.js');
 
 both_answer('after TERM', 40);
