@@ -26,12 +26,13 @@ DEPS_BUILD := nginx nginx-dev libnginx-mod-http-lua libnginx-mod-http-ndk \
 	lua-resty-core libluajit2-5.1-dev libpcre3-dev libelf-dev dpkg-dev \
 	gcc make binutils
 DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
-	libipc-run-perl curl
+	libipc-run-perl curl wrk libasan8
 
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])
 
 .PHONY: all deps module demo run stop test test-libs examples clean bench \
+	soak test-memcheck \
 	fuzz fuzz-admin
 
 all: deps module demo
@@ -140,8 +141,10 @@ $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 
 test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/runtimes
+	$(MAKE) -s -C t/lib/misbehave
 
-# the whole suite; the fuzzers run for a bounded time first
+# the whole suite: the fuzzers for a bounded time, every test file, then
+# the soak (1,000,000 calls, 1,000 reloads) and the module under ASan
 TEST_FUZZ_SECONDS ?= 10
 
 test: all examples
@@ -149,6 +152,18 @@ test: all examples
 	$(MAKE) -s test-libs build/ffi-elf-check
 	$(MAKE) -s fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 	prove -r t/
+	FFI_SOAK=1 prove t/590-soak.t
+	bash t/memcheck/run.sh
+
+soak: all
+	@sh mk/deps.sh $(DEPS_TEST)
+	$(MAKE) -s test-libs
+	FFI_SOAK=1 prove t/590-soak.t
+
+test-memcheck: all
+	@sh mk/deps.sh $(DEPS_TEST)
+	$(MAKE) -s test-libs
+	bash t/memcheck/run.sh
 
 # ---- benchmarks (bench/results.md, bench/results.png) ----
 
@@ -162,4 +177,5 @@ clean:
 	rm -rf $(BUILD)
 	rm -f $(DEMO)
 	$(MAKE) -s -C t/lib/runtimes clean
+	$(MAKE) -s -C t/lib/misbehave clean
 	for d in go rust python java nodejs; do $(MAKE) -s -C examples/$$d clean; done

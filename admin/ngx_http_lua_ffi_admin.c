@@ -9,7 +9,7 @@
 
 static ngx_int_t ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r);
 static void ngx_http_lua_ffi_admin_done(void *data, ngx_int_t status,
-    u_char *body, size_t len);
+    u_char *body, size_t len, u_char *msg);
 static void ngx_http_lua_ffi_admin_cleanup(void *data);
 
 
@@ -266,7 +266,7 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
 
 static void
 ngx_http_lua_ffi_admin_done(void *data, ngx_int_t status, u_char *body,
-    size_t len)
+    size_t len, u_char *msg)
 {
     ngx_http_request_t  *r = data;
 

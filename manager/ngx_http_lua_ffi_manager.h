@@ -68,8 +68,9 @@ ngx_int_t ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
     ngx_str_t *cfg, ngx_http_lua_ffi_version_t *v, u_char *err,
     size_t errlen);
 
+/* body: the JSON answer; msg: the error in plain text, or NULL */
 typedef void (*ngx_http_lua_ffi_reload_done_pt)(void *data, ngx_int_t status,
-    u_char *body, size_t len);
+    u_char *body, size_t len, u_char *msg);
 
 #define NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED  0x1   /* else 304, no reload */
 #define NGX_HTTP_LUA_FFI_RELOAD_STRICT      0x2   /* file ownership rules */

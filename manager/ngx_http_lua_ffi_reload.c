@@ -97,7 +97,7 @@ static ngx_int_t ngx_http_lua_ffi_shm_init(ngx_shm_zone_t *zone, void *data);
 static void ngx_http_lua_ffi_op_run(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_op_timer(ngx_event_t *ev);
 static void ngx_http_lua_ffi_op_finish(ngx_http_lua_ffi_op_t *op,
-    ngx_int_t status, u_char *body, size_t len);
+    ngx_int_t status, u_char *body, size_t len, u_char *msg);
 static void ngx_http_lua_ffi_op_error(ngx_http_lua_ffi_op_t *op,
     ngx_int_t status, u_char *msg);
 static void ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op);
@@ -606,7 +606,7 @@ ngx_http_lua_ffi_op_timer(ngx_event_t *ev)
 
 static void
 ngx_http_lua_ffi_op_finish(ngx_http_lua_ffi_op_t *op, ngx_int_t status,
-    u_char *body, size_t len)
+    u_char *body, size_t len, u_char *msg)
 {
     if (op->timer.timer_set) {
         ngx_del_timer(&op->timer);
@@ -615,7 +615,7 @@ ngx_http_lua_ffi_op_finish(ngx_http_lua_ffi_op_t *op, ngx_int_t status,
     ngx_queue_remove(&op->link);
 
     if (op->done) {
-        op->done(op->data, status, body, len);
+        op->done(op->data, status, body, len, msg);
     }
 
     ngx_free(op);
@@ -633,7 +633,7 @@ ngx_http_lua_ffi_op_error(ngx_http_lua_ffi_op_t *op, ngx_int_t status,
                                   ngx_strlen(msg));
     *p++ = '}';
 
-    ngx_http_lua_ffi_op_finish(op, status, buf, p - buf);
+    ngx_http_lua_ffi_op_finish(op, status, buf, p - buf, msg);
 }
 
 
@@ -715,7 +715,8 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
 
         if (ngx_strcmp(ident, sl->drop_ident) == 0) {
             ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-            ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0);
+            ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0,
+                                       NULL);
             return;
         }
 
@@ -746,7 +747,8 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
         sh->owner = 0;
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0);
+        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0,
+                                   NULL);
         return;
     }
 
@@ -766,7 +768,8 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
         sh->owner = 0;
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0);
+        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0,
+                                   NULL);
         return;
     }
 
@@ -816,8 +819,9 @@ failed:
     sh->owner = 0;
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    ngx_http_lua_ffi_op_error(op, rc == NGX_BUSY ? NGX_HTTP_CONFLICT
-                                                 : NGX_HTTP_UNPROCESSABLE_ENTITY,
+    ngx_http_lua_ffi_op_error(op, (rc == NGX_BUSY)
+                                  ? NGX_HTTP_CONFLICT
+                                  : NGX_HTTP_UNPROCESSABLE_ENTITY,
                               op->err);
 }
 
@@ -1008,7 +1012,7 @@ ngx_http_lua_ffi_reload_check(ngx_http_lua_ffi_op_t *op)
                          op->v.version, op->old_version, op->v.build_id,
                          op->changed ? "true" : "false");
 
-        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_OK, body, p - body);
+        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_OK, body, p - body, NULL);
         break;
 
     default: /* NGX_HTTP_LUA_FFI_CMD_ABORT */
@@ -1326,7 +1330,7 @@ ngx_http_lua_ffi_status_check(ngx_http_lua_ffi_op_t *op)
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    ngx_http_lua_ffi_op_finish(op, NGX_HTTP_OK, buf, p - buf);
+    ngx_http_lua_ffi_op_finish(op, NGX_HTTP_OK, buf, p - buf, NULL);
 
     ngx_free(buf);
 }

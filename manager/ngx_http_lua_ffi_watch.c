@@ -25,7 +25,7 @@ static void ngx_http_lua_ffi_watch_schedule(ngx_http_lua_ffi_library_t *lib,
     const char *event);
 static void ngx_http_lua_ffi_watch_fire(ngx_event_t *ev);
 static void ngx_http_lua_ffi_watch_done(void *data, ngx_int_t status,
-    u_char *body, size_t len);
+    u_char *body, size_t len, u_char *msg);
 
 
 static ngx_connection_t              *ngx_http_lua_ffi_watch_conn;
@@ -307,7 +307,7 @@ ngx_http_lua_ffi_watch_fire(ngx_event_t *ev)
 
 static void
 ngx_http_lua_ffi_watch_done(void *data, ngx_int_t status, u_char *body,
-    size_t len)
+    size_t len, u_char *msg)
 {
     ngx_http_lua_ffi_library_t  *lib = data;
 
@@ -322,13 +322,17 @@ ngx_http_lua_ffi_watch_done(void *data, ngx_int_t status, u_char *body,
                          lib->version);
 
         } else {
-            ngx_snprintf(outcome, sizeof(outcome), "refused (%i): %*s%Z",
-                         status, len, body);
+            if (msg == NULL) {
+                msg = (u_char *) "unknown error";
+            }
+
+            ngx_snprintf(outcome, sizeof(outcome), "refused (%i): %s%Z",
+                         status, msg);
 
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "ffi: file dropped at \"%V\" not loaded, the "
-                          "running version serves on: %*s",
-                          &lib->path, len, body);
+                          "running version serves on: %s",
+                          &lib->path, msg);
         }
 
         ngx_http_lua_ffi_shm_note_drop(&lib->path, lib->watch_event, outcome);

@@ -333,6 +333,8 @@ sub start_nginx {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', "$root/logs/startup.log";
         open STDERR, '>&', \*STDOUT;
+        # to nginx, NGINX means sockets inherited from a binary upgrade
+        delete $ENV{NGINX};
         { exec $NGINX, '-p', "$root/", '-c', 'conf/nginx.conf' }
         POSIX::_exit(127);
     }

@@ -48,6 +48,20 @@ ver_dup(const char *s)
 }
 
 
+/* the request is not NUL-terminated: a number from at most len bytes */
+static int
+ver_number(const char *p, int len)
+{
+    int  n;
+
+    for (n = 0; len > 0 && *p >= '0' && *p <= '9' && n < 100000; len--) {
+        n = n * 10 + (*p++ - '0');
+    }
+
+    return n;
+}
+
+
 /* answers after ms without holding up the poller */
 static void *
 ver_sleeper(void *arg)
@@ -78,7 +92,7 @@ ver_poll(void *arg)
         if (req && len > 6 && memcmp(req, "sleep:", 6) == 0) {
             s = malloc(sizeof(ver_sleep_t));
             s->task = task;
-            s->ms = atoi(req + 6);
+            s->ms = ver_number(req + 6, len - 6);
             fprintf(stderr, "libver " VERSION " got sleep\n");
 
             if (pthread_create(&t, NULL, ver_sleeper, s) == 0) {

@@ -31,7 +31,9 @@ public class App {
     public static int init(String cfg, long tq) {
         Host host = LibraryLoader.create(Host.class)
                                  .load(LibraryLoader.DEFAULT_LIBRARY);
-        Libc libc = LibraryLoader.create(Libc.class).load("c");
+        /* the malloc the host's free() pairs with: the process's own */
+        Libc libc = LibraryLoader.create(Libc.class)
+                                 .load(LibraryLoader.DEFAULT_LIBRARY);
         Pointer queue = Pointer.wrap(Runtime.getSystemRuntime(), tq);
 
         Thread poller = new Thread(() -> serve(host, libc, queue),

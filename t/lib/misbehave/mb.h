@@ -1,0 +1,173 @@
+/*
+ * Shared bits of the misbehaving runtimes: upstream's ABI names (declared
+ * here, as a library written against upstream would) and a log helper.
+ */
+
+#ifndef MB_H
+#define MB_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+
+extern void *ngx_http_lua_ffi_task_poll(void *tq);
+extern char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
+extern void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp,
+    int rsp_len);
+
+int libffi_init(char *cfg, void *tq);
+
+
+/* stderr of a worker is its error.log: one write() keeps a line whole */
+static inline void
+mb_log(const char *fmt, ...)
+{
+    int      n;
+    char     buf[256];
+    va_list  args;
+
+    va_start(args, fmt);
+    n = vsnprintf(buf, sizeof(buf) - 1, fmt, args);
+    va_end(args);
+
+    if (n < 0) {
+        return;
+    }
+
+    if (n > (int) sizeof(buf) - 2) {
+        n = sizeof(buf) - 2;
+    }
+
+    buf[n++] = '\n';
+
+    if (write(STDERR_FILENO, buf, n) < 0) {
+        /* best effort: a test that needs the line will say so */
+    }
+}
+
+
+static inline char *
+mb_dup(const char *s, int len)
+{
+    char  *p;
+
+    p = malloc(len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    memcpy(p, s, len);
+    p[len] = '\0';
+
+    return p;
+}
+
+
+/* prefix and body in one malloc()ed, NUL-terminated answer */
+static inline char *
+mb_cat(const char *prefix, const char *body)
+{
+    size_t  plen, blen;
+    char   *p;
+
+    plen = strlen(prefix);
+    blen = strlen(body);
+
+    p = malloc(plen + blen + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    memcpy(p, prefix, plen);
+    memcpy(p + plen, body, blen + 1);
+
+    return p;
+}
+
+
+/* the request as a NUL-terminated copy ("" for NULL), for parsing */
+static inline char *
+mb_req(void *task, int *len)
+{
+    char  *req;
+
+    *len = 0;
+    req = ngx_http_lua_ffi_get_req(task, len);
+
+    return mb_dup(req ? req : "", req ? *len : 0);
+}
+
+
+static inline int
+mb_starts(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+
+/*
+ * Threads a runtime starts, joined by the image's destructor: dlclose()
+ * must not unmap code that one of them still runs. A runtime whose
+ * thread never returns (mb_no_null) must not use this.
+ */
+
+typedef struct mb_thread_s  mb_thread_t;
+
+struct mb_thread_s {
+    pthread_t     id;
+    mb_thread_t  *next;
+};
+
+static pthread_mutex_t  mb_threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static mb_thread_t     *mb_threads;
+
+
+static inline int
+mb_spawn(void *(*fn)(void *), void *arg)
+{
+    mb_thread_t  *t;
+
+    t = malloc(sizeof(mb_thread_t));
+    if (t == NULL) {
+        return -1;
+    }
+
+    pthread_mutex_lock(&mb_threads_lock);
+
+    if (pthread_create(&t->id, NULL, fn, arg) != 0) {
+        pthread_mutex_unlock(&mb_threads_lock);
+        free(t);
+        return -1;
+    }
+
+    t->next = mb_threads;
+    mb_threads = t;
+
+    pthread_mutex_unlock(&mb_threads_lock);
+
+    return 0;
+}
+
+
+static inline void
+mb_join_all(void)
+{
+    mb_thread_t  *t, *next;
+
+    pthread_mutex_lock(&mb_threads_lock);
+    t = mb_threads;
+    mb_threads = NULL;
+    pthread_mutex_unlock(&mb_threads_lock);
+
+    for ( /* void */ ; t != NULL; t = next) {
+        next = t->next;
+        pthread_join(t->id, NULL);
+        free(t);
+    }
+}
+
+#endif /* MB_H */
