@@ -306,6 +306,7 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
     rt->cfg.len = cfg->len;
     ngx_memcpy(rt->cfg.data, cfg->data, cfg->len);
     rt->cfg.data[cfg->len] = '\0';
+    rt->has_cfg = has_cfg;
 
     rt->image = img;
     img->refcount++;
@@ -811,7 +812,14 @@ ngx_http_lua_ffi_status_runtimes(u_char *p, u_char *last,
         *inflight += rt->inflight;
 
         p = ngx_slprintf(p, last, "%s{\"cfg\":", n++ ? "," : "");
-        p = ngx_http_lua_ffi_json_str(p, last, rt->cfg.data, rt->cfg.len);
+
+        if (rt->has_cfg) {
+            p = ngx_http_lua_ffi_json_str(p, last, rt->cfg.data, rt->cfg.len);
+
+        } else {
+            p = ngx_slprintf(p, last, "null");
+        }
+
         p = ngx_slprintf(p, last, ",\"version\":%ui,\"image_version\":%ui,"
                          "\"state\":\"%s\",\"inflight\":%ui,\"queued\":%ui,"
                          "\"calls\":%ui,\"refused\":%ui,\"age_ms\":%M}",

@@ -120,6 +120,7 @@ struct ngx_http_lua_ffi_runtime_s {
     ngx_http_lua_ffi_rt_state_e   state;
     unsigned                      null_taken:1;
     unsigned                      init_failed:1;
+    unsigned                      has_cfg:1;
 };
 
 
