@@ -76,31 +76,10 @@ function call(cfg, req)
     ngx.say(tostring(ok), " ", tostring(res), " ", tostring(err))
 end
 
--- echo_check(label, runtimes, n, width): n calls, width at a time, spread
--- over the runtimes ({rt, right(req, res)} pairs); logs how many were right
+-- echo_check(label, runtimes, n, width): see t/lib/ffitest.lua
+local echo = require("ffitest").echo_check
 function echo_check(label, runtimes, n, width)
-    local good = 0
-
-    local function caller(first)
-        for i = first, n, width do
-            local r = runtimes[i % #runtimes + 1]
-            local req = string.rep(string.char(i % 256), i % 300) .. i
-            local ok, res = r[1]:call(req)
-            if ok and r[2](req, res) then
-                good = good + 1
-            end
-        end
-    end
-
-    local threads = {}
-    for t = 1, width do
-        threads[t] = ngx.thread.spawn(caller, t)
-    end
-    for t = 1, width do
-        ngx.thread.wait(threads[t])
-    end
-
-    ngx.log(ngx.NOTICE, label, ": ", good, " of ", n, " calls right")
+    echo(label, runtimes, n, width, 300)
 end
 LUA
 

@@ -212,7 +212,7 @@ http {
     access_log off;
     default_type text/plain;
 $temp
-    lua_package_path "$REPO/lua/?.lua;;";
+    lua_package_path "$REPO/lua/?.lua;$REPO/t/lib/?.lua;;";
 $ffi_path
     init_by_lua_block {
 $init
