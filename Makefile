@@ -144,7 +144,8 @@ test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/misbehave
 
 # the whole suite: the fuzzers for a bounded time, every test file, then
-# the soak (1,000,000 calls, 1,000 reloads) and the module under ASan
+# the soak (1,000,000 calls, 1,000 reloads) and the whole suite again with
+# the module under AddressSanitizer
 TEST_FUZZ_SECONDS ?= 10
 
 test: all examples
@@ -153,7 +154,7 @@ test: all examples
 	$(MAKE) -s fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 	prove -r t/
 	FFI_SOAK=1 prove t/590-soak.t
-	bash t/memcheck/run.sh
+	FFI_MEMCHECK_ALL=1 bash t/memcheck/run.sh
 
 soak: all
 	@sh mk/deps.sh $(DEPS_TEST)
@@ -163,7 +164,7 @@ soak: all
 test-memcheck: all
 	@sh mk/deps.sh $(DEPS_TEST)
 	$(MAKE) -s test-libs
-	bash t/memcheck/run.sh
+	FFI_MEMCHECK_ALL=1 bash t/memcheck/run.sh
 
 # ---- benchmarks (bench/results.md, bench/results.png) ----
 

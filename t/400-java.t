@@ -49,7 +49,8 @@ public class Prefix {
     public static int init(String cfg, long tq) {
         Host host = LibraryLoader.create(Host.class)
                                  .load(LibraryLoader.DEFAULT_LIBRARY);
-        Libc libc = LibraryLoader.create(Libc.class).load("c");
+        Libc libc = LibraryLoader.create(Libc.class)
+                                 .load(LibraryLoader.DEFAULT_LIBRARY);
         Pointer q = Pointer.wrap(Runtime.getSystemRuntime(), tq);
         String prefix = cfg + System.getProperty("t400.tag", "");
 
