@@ -80,6 +80,7 @@ ngx_int_t ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
 void ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
     u_char *outcome);
 void ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path);
+ngx_uint_t ngx_http_lua_ffi_shm_watch_actor(ngx_str_t *path);
 ngx_int_t ngx_http_lua_ffi_status_start(
     ngx_http_lua_ffi_reload_done_pt done, void *data);
 void ngx_http_lua_ffi_reload_cancel(void *data);

@@ -32,6 +32,7 @@ typedef struct {
     time_t                        last_reload;
     u_char                        last_error[NGX_HTTP_LUA_FFI_ERRLEN];
     ngx_uint_t                    watched;
+    uint64_t                      watchers;    /* slots < 64 watching it */
     u_char                        drop_ident[96];
     time_t                        last_drop;
     u_char                        last_drop_event[32];
@@ -107,6 +108,8 @@ static void ngx_http_lua_ffi_command(ngx_http_lua_ffi_cmd_e type,
     ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_handle_command(void);
 static void ngx_http_lua_ffi_status_publish(void);
+static ngx_uint_t ngx_http_lua_ffi_worker_alive(
+    ngx_http_lua_ffi_shm_worker_t *sw);
 static ngx_int_t ngx_http_lua_ffi_reload_trial(ngx_http_lua_ffi_op_t *op,
     ngx_str_t *path);
 
@@ -391,16 +394,64 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
 void
 ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path)
 {
-    ngx_int_t  i;
+    ngx_int_t   i;
+    ngx_uint_t  slot;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
     i = ngx_http_lua_ffi_shm_find_path(path);
     if (i != NGX_ERROR) {
         ngx_http_lua_ffi_shm->libs[i].watched = 1;
+
+        slot = ngx_http_lua_ffi_worker.slot;
+
+        if (slot < 64) {
+            ngx_http_lua_ffi_shm->libs[i].watchers |= (uint64_t) 1 << slot;
+        }
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+}
+
+
+/*
+ * Every worker watching a folder sees a drop; the live watcher in the
+ * lowest slot acts on it, so one drop makes one reload or one refusal.
+ */
+
+ngx_uint_t
+ngx_http_lua_ffi_shm_watch_actor(ngx_str_t *path)
+{
+    ngx_int_t   i;
+    ngx_uint_t  slot, actor;
+    uint64_t    mask;
+
+    actor = 1;
+
+    if (ngx_http_lua_ffi_worker.slot >= 64) {
+        return actor;
+    }
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    i = ngx_http_lua_ffi_shm_find_path(path);
+    mask = (i == NGX_ERROR) ? 0 : ngx_http_lua_ffi_shm->libs[i].watchers;
+
+    for (slot = 0; slot < ngx_http_lua_ffi_fmcf->nworkers && slot < 64;
+         slot++)
+    {
+        if ((mask & ((uint64_t) 1 << slot))
+            && ngx_http_lua_ffi_worker_alive(
+                                  &ngx_http_lua_ffi_shm->workers[slot]))
+        {
+            actor = (slot == ngx_http_lua_ffi_worker.slot);
+            break;
+        }
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    return actor;
 }
 
 

@@ -288,6 +288,13 @@ ngx_http_lua_ffi_watch_fire(ngx_event_t *ev)
         return;
     }
 
+    if (!ngx_http_lua_ffi_shm_watch_actor(&lib->path)) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "ffi: \"%V\" changed, another worker acts on it",
+                       &lib->path);
+        return;
+    }
+
     ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
                   "ffi: new file at \"%V\" (%s), reloading \"%V\"",
                   &lib->path, lib->watch_event, &lib->names[0]);
