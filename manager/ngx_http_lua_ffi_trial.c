@@ -158,7 +158,7 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
      */
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    (void) sigprocmask(SIG_BLOCK, &chld, &old);
+    (void) pthread_sigmask(SIG_BLOCK, &chld, &old);
 
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
@@ -169,7 +169,7 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
     (void) close(fds[1]);
 
     if (rc != 0) {
-        (void) sigprocmask(SIG_SETMASK, &old, NULL);
+        (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
         (void) close(fds[0]);
         ngx_snprintf(err, errlen, "cannot start \"%s\": %s%Z", prog,
                      strerror(rc));
@@ -181,7 +181,7 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
 
     status = 0;
     (void) waitpid(pid, &status, 0);
-    (void) sigprocmask(SIG_SETMASK, &old, NULL);
+    (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
 
     if (rc == NGX_AGAIN) {
         ngx_snprintf(err, errlen, "\"%V\": a constructor or libffi_init did "
