@@ -2,7 +2,9 @@
 # served everywhere (cached runtime objects too), calls in flight finish on
 # the old version, failures roll back, Go-like libraries answer 409.
 use lib 't/lib';
+use lib 't/lib/misbehave';
 use FFITest;
+use MBTest qw(release install escape reload status);
 use Test::More;
 use JSON::PP;
 use File::Copy qw(copy);
@@ -15,37 +17,10 @@ mkdir $dir, 0755;
 my $ver = "$dir/libver.so";
 my $go = "$dir/libgoish.so";
 
-sub install {
-    my ($from, $to) = @_;
-    copy($from, "$to.tmp") or die "copy $from: $!";
-    rename "$to.tmp", $to or die "rename: $!";
-}
-
-sub release { "$repo/build/t/libver-$_[0].so" }
-
-sub escape {
-    my ($s) = @_;
-    $s =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
-    return $s;
-}
-
 sub build_id {
     my ($file) = @_;
     my $out = `readelf -n $file`;
     return $out =~ /Build ID: ([0-9a-f]+)/ ? $1 : '';
-}
-
-sub reload {
-    my ($name) = @_;
-    my ($status, $body) = FFITest::http('POST',
-                                       '/ffi/reload?lib=' . escape($name));
-    my $json = eval { decode_json($body) } || {};
-    return ($status, $json, $body);
-}
-
-sub status {
-    my ($st, $body) = FFITest::http('GET', '/ffi/status');
-    return decode_json($body);
 }
 
 # every answer of N concurrent calls to $path, with the worker pids

@@ -1,7 +1,9 @@
 # 1,000 reload cycles of an unpinned library with 2 workers: open files,
 # mappings and memory of the workers do not grow.
 use lib 't/lib';
+use lib 't/lib/misbehave';
 use FFITest;
+use MBTest qw(release install escape footprint);
 use Test::More;
 use JSON::PP;
 use File::Copy qw(copy);
@@ -14,34 +16,12 @@ my $dir = "$root/lib";
 mkdir $dir, 0755;
 my $ver = "$dir/libver.so";
 
-sub install {
-    my ($v) = @_;
-    copy("$repo/build/t/libver-$v.so", "$ver.tmp") or die;
-    rename "$ver.tmp", $ver or die;
-}
-
-sub escape {
-    my ($s) = @_;
-    $s =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
-    return $s;
-}
-
-# what a worker holds: open fds, mappings, resident memory (kB)
-sub footprint {
-    my ($pid) = @_;
-    opendir my $d, "/proc/$pid/fd" or die "/proc/$pid/fd: $!";
-    my $fds = () = grep { !/^\./ } readdir $d;
-    open my $m, '<', "/proc/$pid/maps" or die;
-    my $maps = () = <$m>;
-    open my $s, '<', "/proc/$pid/status" or die;
-    my ($rss) = map { /^VmRSS:\s+(\d+)/ ? $1 : () } <$s>;
-    return { fds => $fds, maps => $maps, rss => $rss };
-}
+sub install_release { install(release($_[0]), $ver) }
 
 # reload, then one call in each worker so that every version really serves
 sub cycle {
     my ($i) = @_;
-    install($i % 2 ? 'v2' : 'v1');
+    install_release($i % 2 ? 'v2' : 'v1');
     my ($status, $body) = FFITest::http('POST',
                                         '/ffi/reload?lib=' . escape($ver));
     return $status == 200 ? 1 : (diag("reload $i: $status $body"), 0);
@@ -74,7 +54,7 @@ location = /v {
 }
 CONF
 
-install('v1');
+install_release('v1');
 FFITest::start_nginx(workers => 2, config => $config,
                      http_config => 'ffi_close_grace 10ms;',
                      init_worker_by_lua_block => <<"LUA");

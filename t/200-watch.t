@@ -2,7 +2,9 @@
 # cp over it) is served by every worker; bad drops are refused and the
 # running version serves on; one reload per drop, not one per worker.
 use lib 't/lib';
+use lib 't/lib/misbehave';
 use FFITest;
+use MBTest qw(release);
 use Test::More;
 use JSON::PP;
 use File::Copy qw(copy);
@@ -16,8 +18,6 @@ chmod 0755, $dir;
 my $ver = "$dir/libver.so";
 my $stage = "$root/stage";
 mkdir $stage, 0755;
-
-sub release { "$repo/build/t/libver-$_[0].so" }
 
 sub answers {
     my ($n, $path) = @_;
