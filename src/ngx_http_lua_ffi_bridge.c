@@ -596,7 +596,10 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     coctx->data = task;
     task->co_ctx = coctx;
 
-    /* per call (>= 0) or the runtime's default (-1); 0 waits forever */
+    /*
+     * per call (>= 0) or the runtime's default (-1); 0 waits forever. Lua
+     * passes 0 only for a timeout of 0: a tiny one is rounded up to 1 ms
+     */
     timeout = (timeout_ms >= 0) ? (ngx_msec_t) timeout_ms : h->timeout;
 
     if (timeout) {
