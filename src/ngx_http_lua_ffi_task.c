@@ -8,24 +8,32 @@
 
 /*
  * A handle is the task's index in the low bits and the sequence number of
- * the use in the high ones; the sequence is never 0, so neither is a
- * handle. On 64-bit machines a handle comes back only after 2^40 calls of
- * the worker (a million calls a second: 35 years); 32-bit machines get a
- * smaller table and 2^20 calls.
+ * the use above them; the sequence is never 0, so neither is a handle. On
+ * 64-bit machines the top bit is set too: a handle is then no address a
+ * program can have (the kernel's half), so a language runtime that keeps
+ * it in a pointer (Go's unsafe.Pointer) never takes it for one of its own
+ * heap's. A handle comes back only after 2^39 calls of the worker (at a
+ * million calls a second: 17 years). 32-bit machines get a smaller table
+ * and 2^20 calls.
  */
 
 #if (UINTPTR_MAX > 0xffffffffUL)
 #define NGX_HTTP_LUA_FFI_INDEX_BITS  24
+#define NGX_HTTP_LUA_FFI_HANDLE_TAG  ((uintptr_t) 1 << 63)
+#define NGX_HTTP_LUA_FFI_SEQ_BITS    39
 #else
 #define NGX_HTTP_LUA_FFI_INDEX_BITS  12
+#define NGX_HTTP_LUA_FFI_HANDLE_TAG  0
+#define NGX_HTTP_LUA_FFI_SEQ_BITS    20
 #endif
 
-#define NGX_HTTP_LUA_FFI_SEQ_BITS                                            \
-    (sizeof(uintptr_t) * 8 - NGX_HTTP_LUA_FFI_INDEX_BITS)
 #define NGX_HTTP_LUA_FFI_INDEX_MASK                                          \
     (((uintptr_t) 1 << NGX_HTTP_LUA_FFI_INDEX_BITS) - 1)
 #define NGX_HTTP_LUA_FFI_SEQ_MASK                                            \
     (((uintptr_t) 1 << NGX_HTTP_LUA_FFI_SEQ_BITS) - 1)
+
+#define ngx_http_lua_ffi_handle_seq(h)                                       \
+    (((h) >> NGX_HTTP_LUA_FFI_INDEX_BITS) & NGX_HTTP_LUA_FFI_SEQ_MASK)
 
 /* tasks come in chunks that never move: a handle is read without a lock */
 #define NGX_HTTP_LUA_FFI_CHUNK_BITS  8
@@ -140,7 +148,8 @@ ngx_http_lua_ffi_task_alloc(ngx_uint_t rt_id, size_t req_len)
 
     w->seq = seq;
 
-    task->handle = (seq << NGX_HTTP_LUA_FFI_INDEX_BITS) | task->index;
+    task->handle = NGX_HTTP_LUA_FFI_HANDLE_TAG
+                   | (seq << NGX_HTTP_LUA_FFI_INDEX_BITS) | task->index;
 
     /* the uses of a slot by one runtime in a row: a range of sequences */
     if (task->rt_id != rt_id) {
@@ -172,7 +181,7 @@ ngx_http_lua_ffi_task_free(ngx_http_lua_ffi_task_t *task)
     /* no handle of this use reaches the task any more */
     __atomic_store_n(&task->state,
                      ngx_http_lua_ffi_task_state(
-                         task->handle >> NGX_HTTP_LUA_FFI_INDEX_BITS,
+                         ngx_http_lua_ffi_handle_seq(task->handle),
                          NGX_HTTP_LUA_FFI_TASK_FREE),
                      __ATOMIC_RELEASE);
 
@@ -212,15 +221,17 @@ ngx_http_lua_ffi_task_find(void *handle, uintptr_t *seq)
 
     h = (uintptr_t) handle;
     index = h & NGX_HTTP_LUA_FFI_INDEX_MASK;
-    *seq = h >> NGX_HTTP_LUA_FFI_INDEX_BITS;
+    *seq = ngx_http_lua_ffi_handle_seq(h);
 
-    if (*seq == 0) {
+    if (*seq == 0
+        || (h & NGX_HTTP_LUA_FFI_HANDLE_TAG) != NGX_HTTP_LUA_FFI_HANDLE_TAG)
+    {
         return NULL;
     }
 
-    chunk = __atomic_load_n(&ngx_http_lua_ffi_chunks[
-                                          index >> NGX_HTTP_LUA_FFI_CHUNK_BITS],
-                            __ATOMIC_ACQUIRE);
+    chunk = __atomic_load_n(
+                &ngx_http_lua_ffi_chunks[index >> NGX_HTTP_LUA_FFI_CHUNK_BITS],
+                __ATOMIC_ACQUIRE);
     if (chunk == NULL) {
         return NULL;
     }
@@ -391,14 +402,14 @@ ngx_http_lua_ffi_task_strays_count(void)
 
         __atomic_store_n(&task->stray_pending, 0, __ATOMIC_SEQ_CST);
         n = __atomic_exchange_n(&task->strays, 0, __ATOMIC_SEQ_CST);
-        seq = __atomic_load_n(&task->stray_handle, __ATOMIC_RELAXED)
-              >> NGX_HTTP_LUA_FFI_INDEX_BITS;
+        seq = ngx_http_lua_ffi_handle_seq(
+                  __atomic_load_n(&task->stray_handle, __ATOMIC_RELAXED));
 
         if (n == 0) {
             continue;
         }
 
-        if (seq > task->handle >> NGX_HTTP_LUA_FFI_INDEX_BITS) {
+        if (seq > ngx_http_lua_ffi_handle_seq(task->handle)) {
             id = 0;                          /* never issued for this slot */
 
         } else if (seq >= task->owner_since) {

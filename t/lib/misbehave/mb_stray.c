@@ -15,7 +15,9 @@
  *   record        keeps its own handle; answers "recorded"
  *   forge         answers "forged" to the recorded handle and to guesses of
  *                 the next use of its task (the next handle in any of the
- *                 ways a host could number them); answers "forged"
+ *                 ways a host could number them), after asking get_req for
+ *                 them; answers "forged", or "forged, got a request" when
+ *                 get_req gave anything for one of them
  */
 
 #include "mb.h"
@@ -82,11 +84,29 @@ mb_stray_stale(void *task, char *body)
 static void
 mb_stray_forge(void *task)
 {
-    uintptr_t  h;
+    int        i, len, got;
+    uintptr_t  h, guess[6];
 
     h = (uintptr_t) mb_recorded;
+    got = 0;
 
     if (h != 0) {
+        guess[0] = h;
+        guess[1] = h + 1;
+        guess[2] = h + ((uintptr_t) 1 << 24);
+        guess[3] = h + ((uintptr_t) 1 << 32);
+        guess[4] = h & ~((uintptr_t) 1 << 63);
+        guess[5] = (uintptr_t) -1;
+
+        for (i = 0; i < 6; i++) {
+            len = -1;
+            if (ngx_http_lua_ffi_get_req((void *) guess[i], &len) != NULL
+                || len != 0)
+            {
+                got = 1;
+            }
+        }
+
         ngx_http_lua_ffi_respond((void *) h, 0, mb_dup("forged", 6), 0);
 
         /* a generation in the low bits, or a sequence in the high ones */
@@ -97,7 +117,9 @@ mb_stray_forge(void *task)
                                  mb_dup("forged", 6), 0);
     }
 
-    ngx_http_lua_ffi_respond(task, 0, mb_dup("forged", 6), 0);
+    ngx_http_lua_ffi_respond(task, 0,
+                             got ? mb_dup("forged, got a request", 21)
+                                 : mb_dup("forged", 6), 0);
 }
 
 
