@@ -39,17 +39,36 @@ local errbuf = ffi_new("unsigned char[?]", ERRLEN)
 -- runtimes of this Lua VM by key; the C registry keeps them across VMs
 local runtimes = {}
 
+-- the longest timer nginx keeps (ms in an int); longer means "no timeout"
+local MAX_MS = 2147483647
+
+-- nil: no timeout of its own (-1); 0: none (a call's 0 overrides the
+-- runtime's); any other number: at least 1 ms, so that a tiny timeout is
+-- the shortest one and never rounds to 0
 local function seconds_to_ms(t, what)
     if t == nil then
         return -1
     end
 
-    if type(t) ~= "number" or t < 0 then
+    if type(t) ~= "number" or not (t >= 0) then
         error("bad " .. what .. ": non-negative number of seconds expected",
               3)
     end
 
-    return floor(t * 1000 + 0.5)
+    if t == 0 then
+        return 0
+    end
+
+    local ms = floor(t * 1000 + 0.5)
+    if ms < 1 then
+        return 1
+    end
+
+    if ms > MAX_MS then
+        return MAX_MS
+    end
+
+    return ms
 end
 
 
@@ -104,7 +123,7 @@ local mt = {
     end,
 
     __tostring = function(self)
-        return "ffi runtime " .. self._key
+        return "ffi runtime " .. self._name
     end,
 }
 
@@ -118,7 +137,8 @@ local function load_ffi(lib, cfg, opts)
         error("bad cfg: string or nil expected", 2)
     end
 
-    local key = cfg and (lib .. "&" .. cfg) or lib
+    -- lib's length first: no (lib, cfg) pair can spell another's key
+    local key = #lib .. ":" .. lib .. (cfg and "&" .. cfg or "")
     local rt = runtimes[key]
     if rt then
         return rt
@@ -164,6 +184,7 @@ local function load_ffi(lib, cfg, opts)
     rt = setmetatable({
         _h = ffi_gc(h, C.ngx_http_lua_ffi_rt_release),
         _key = key,
+        _name = cfg and lib .. "&" .. cfg or lib,
         -- present from the start: a missing field would reach __index
         _unloaded = false,
     }, mt)

@@ -673,13 +673,18 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
 }
 
 
-/* Worker exit: every runtime gets its NULL task; bounded wait for them. */
+/*
+ * Worker exit: every runtime gets its NULL task; a bounded wait for them
+ * to drain (NULL taken, every call answered). Those that did not are
+ * abandoned: their threads may be stuck in their code for good, so the
+ * worker must leave without running it again (no library destructors).
+ */
 
 void
 ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle)
 {
     ngx_msec_t                     deadline, now;
-    ngx_uint_t                     pending;
+    ngx_uint_t                     pending, no_null;
     ngx_queue_t                   *q;
     ngx_http_lua_ffi_runtime_t    *rt;
     ngx_http_lua_ffi_main_conf_t  *fmcf;
@@ -700,6 +705,7 @@ ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle)
 
     for ( ;; ) {
         pending = 0;
+        no_null = 0;
 
         for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.runtimes);
              q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.runtimes);
@@ -707,8 +713,11 @@ ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle)
         {
             rt = ngx_queue_data(q, ngx_http_lua_ffi_runtime_t, link);
 
-            if (!rt->null_taken && !rt->init_failed) {
+            if (rt->state != NGX_HTTP_LUA_FFI_RT_DRAINED
+                && !rt->init_failed)
+            {
                 pending++;
+                no_null += !rt->null_taken;
             }
         }
 
@@ -726,10 +735,38 @@ ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle)
         (void) ngx_http_lua_ffi_bridge_wait(deadline - now);
     }
 
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.runtimes);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.runtimes);
+         q = ngx_queue_next(q))
+    {
+        rt = ngx_queue_data(q, ngx_http_lua_ffi_runtime_t, link);
+
+        if (rt->state == NGX_HTTP_LUA_FFI_RT_DRAINED || rt->init_failed) {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "ffi: abandoning runtime \"%V\" of \"%V\" (version "
+                      "%ui): %s, %ui call(s) unanswered",
+                      &rt->cfg, &rt->image->library->path, rt->generation,
+                      rt->null_taken ? "NULL task taken"
+                                     : "NULL task not taken",
+                      rt->inflight);
+    }
+
+    if (no_null) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "ffi: %ui runtime(s) did not take their NULL task "
+                      "within %M ms (ffi_exit_timeout), exiting anyway",
+                      no_null, fmcf->exit_timeout);
+    }
+
     ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                  "ffi: %ui runtime(s) did not take their NULL task within "
-                  "%M ms (ffi_exit_timeout), exiting anyway",
-                  pending, fmcf->exit_timeout);
+                  "ffi: %ui runtime(s) did not drain within %M ms "
+                  "(ffi_exit_timeout): the worker exits without running "
+                  "library destructors", pending, fmcf->exit_timeout);
+
+    ngx_http_lua_ffi_worker.abandoned = 1;
 }
 
 
@@ -822,10 +859,12 @@ ngx_http_lua_ffi_status_runtimes(u_char *p, u_char *last,
 
         p = ngx_slprintf(p, last, ",\"version\":%ui,\"image_version\":%ui,"
                          "\"state\":\"%s\",\"inflight\":%ui,\"queued\":%ui,"
-                         "\"calls\":%ui,\"refused\":%ui,\"age_ms\":%M}",
+                         "\"calls\":%ui,\"refused\":%ui,\"stray\":%ui,"
+                         "\"age_ms\":%M}",
                          rt->generation, rt->image->version,
                          ngx_http_lua_ffi_rt_state_name(rt), rt->inflight,
                          rt->queue.size, rt->calls, rt->failed,
+                         rt->queue.strays,
                          ngx_current_msec - rt->started);
     }
 

@@ -37,8 +37,19 @@
  * you and free()d by the host (NULL is fine); rsp_len 0 means rsp is a
  * NUL-terminated string. rc 0 is success (Lua gets `true, rsp`); any other
  * rc is a failure (Lua gets `false, rc, rsp`). The request buffer belongs to
- * the host and is valid until you answer; it may be NULL (a call with no
- * argument) and then len is 0. len may be passed as NULL.
+ * the host and is valid until you answer; as upstream, it ends with a NUL
+ * byte that len does not count (req[len] == '\0'), so it may be read as a
+ * C string when the request holds no NUL of its own. It is NULL for a call
+ * with no argument, and then len is 0. len may be passed as NULL.
+ *
+ * A task is an opaque handle, pointer-sized and never 0: pass it back as
+ * you got it. The host keeps its calls in a table and checks every handle:
+ * respond() with anything but a task this runtime took from task_poll and
+ * has not answered yet (a second answer, one for a call long answered,
+ * however often the host reused the slot since, a guess of a task still in
+ * the queue, garbage) completes no call and touches no queued task. It is
+ * dropped (rsp is freed), counted for the runtime ("stray" in
+ * /ffi/status) and logged once. get_req() on such a handle gives NULL.
  *
  * THE NULL TASK
  *
@@ -84,6 +95,15 @@
  *     need the Go runtime, the JVM, libnode or libpython are pinned for
  *     life whatever opts say, and a changed file of such a library is
  *     refused (409): restart their runtimes instead.
+ *
+ * AT WORKER EXIT
+ *
+ * Every runtime gets its NULL task; the worker waits up to ffi_exit_timeout
+ * for each to drain. The host's own code stays mapped while the process
+ * lives, so a thread still in task_poll is safe. A runtime that did not
+ * drain is abandoned: the worker leaves without running library code
+ * again (no destructors), so a destructor that waits for a stuck thread
+ * cannot hold the worker.
  *
  * States of an image:   loading -> serving -> draining -> closed
  * States of a runtime:  serving -> draining -> drained (or stuck, when a

@@ -10,9 +10,6 @@
 #include <poll.h>
 
 
-/* past this many free tasks they keep no request buffer; the largest one */
-#define NGX_HTTP_LUA_FFI_FREE_TASKS    1024
-#define NGX_HTTP_LUA_FFI_KEEP_BUF      16384
 #define NGX_HTTP_LUA_FFI_KEEPER_MSEC   1000
 
 
@@ -75,6 +72,8 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
     w->busy.log = cycle->log;
     w->busy.data = w;
 
+    w->stray_notice.kind = NGX_HTTP_LUA_FFI_TASK_STRAY;
+
     w->keeper.handler = ngx_http_lua_ffi_keeper_handler;
     w->keeper.log = cycle->log;
     w->keeper.data = w;
@@ -114,21 +113,41 @@ ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle, ngx_http_lua_ffi_worker_t *w)
 }
 
 
-void
-ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
-{
-    ngx_http_lua_ffi_task_t    *task;
-    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+/*
+ * At exit, before the wait for the runtimes: the event loop polls no more,
+ * so every answer and NULL-task notice from now on writes to the eventfd
+ * that the wait watches. What was pushed while polling was still on is
+ * taken here: the store and the look pair with done_push() as in the busy
+ * handler.
+ */
 
-    if (w->keeper.timer_set) {
-        ngx_del_timer(&w->keeper);
-    }
+void
+ngx_http_lua_ffi_bridge_stop_polling(void)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
 
     if (w->busy.posted) {
         ngx_delete_posted_event(&w->busy);
     }
 
     __atomic_store_n(&w->polling, 0, __ATOMIC_SEQ_CST);
+
+    if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
+        ngx_http_lua_ffi_bridge_process();
+    }
+}
+
+
+void
+ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    if (w->keeper.timer_set) {
+        ngx_del_timer(&w->keeper);
+    }
+
+    ngx_http_lua_ffi_bridge_stop_polling();
 
     if (w->notify) {
         /* the fd belongs to the master's array: only stop watching it */
@@ -138,16 +157,10 @@ ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
         w->notify = NULL;
     }
 
-    /* tasks a runtime still holds are left alone: it may answer them */
-    while (w->free_tasks) {
-        task = w->free_tasks;
-        w->free_tasks = task->next;
-        ngx_free(task->inline_buf);
-        ngx_free(task);
-    }
-
-    w->free_last = NULL;
-    w->nfree = 0;
+    /*
+     * The task table stays: runtimes that outlive the wait may still
+     * answer, and their answers must find the slots they name.
+     */
 }
 
 
@@ -200,26 +213,28 @@ ngx_http_lua_ffi_bridge_done_push(ngx_http_lua_ffi_task_t *task)
 NGX_HTTP_LUA_FFI_API void
 ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
 {
-    int                       expected;
+    uintptr_t                 seq, expected;
     ngx_http_lua_ffi_task_t  *task;
 
-    if (tsk == NULL) {
-        free(rsp);
-        return;
-    }
-
-    task = ngx_http_lua_ffi_task_untag(tsk);
+    task = ngx_http_lua_ffi_task_find(tsk, &seq);
 
     /*
-     * Only the first answer to this use of the task counts: a second one,
-     * or one for an earlier use of the same object, is dropped.
+     * Only the handle of a call that a runtime took and has not answered
+     * moves its task from TAKEN to ANSWERED. A second answer, one for an
+     * earlier use of the slot, one for a task still queued or a value that
+     * is no handle at all leave every task as it is.
      */
-    expected = ngx_http_lua_ffi_task_gen(tsk) << 1;
+    expected = ngx_http_lua_ffi_task_state(seq, NGX_HTTP_LUA_FFI_TASK_TAKEN);
 
-    if (!__atomic_compare_exchange_n(&task->state, &expected, expected | 1,
-                                     0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    if (task == NULL
+        || !__atomic_compare_exchange_n(&task->state, &expected,
+                                        ngx_http_lua_ffi_task_state(seq,
+                                            NGX_HTTP_LUA_FFI_TASK_ANSWERED),
+                                        0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
     {
         free(rsp);
+        ngx_http_lua_ffi_task_stray(task, tsk);
         return;
     }
 
@@ -265,12 +280,20 @@ ngx_http_lua_ffi_bridge_drain_fd(void)
 }
 
 
-/* At exit, with no event loop: waits for the eventfd, at most timeout. */
+/*
+ * At exit, with no event loop and polling stopped: takes what is on the
+ * done stack, else waits for the eventfd, at most timeout.
+ */
 
 ngx_int_t
 ngx_http_lua_ffi_bridge_wait(ngx_msec_t timeout)
 {
     struct pollfd  pfd;
+
+    if (__atomic_load_n(&ngx_http_lua_ffi_worker.done, __ATOMIC_SEQ_CST)) {
+        ngx_http_lua_ffi_bridge_process();
+        return NGX_OK;
+    }
 
     pfd.fd = ngx_http_lua_ffi_notify_fd;
     pfd.events = POLLIN;
@@ -307,102 +330,13 @@ ngx_http_lua_ffi_bridge_process(void)
         if (task->kind == NGX_HTTP_LUA_FFI_TASK_DRAINED) {
             ngx_http_lua_ffi_registry_drained(task->runtime);
 
+        } else if (task->kind == NGX_HTTP_LUA_FFI_TASK_STRAY) {
+            ngx_http_lua_ffi_task_strays_count();
+
         } else {
             ngx_http_lua_ffi_call_complete(task);
         }
     }
-}
-
-
-ngx_http_lua_ffi_task_t *
-ngx_http_lua_ffi_task_alloc(size_t req_len)
-{
-    ngx_http_lua_ffi_task_t    *task;
-    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
-
-    task = w->free_tasks;
-
-    if (task) {
-        w->free_tasks = task->next;
-        w->nfree--;
-
-        if (w->free_tasks == NULL) {
-            w->free_last = NULL;
-        }
-
-    } else {
-        task = ngx_memalign(NGX_HTTP_LUA_FFI_TASK_ALIGN,
-                            sizeof(ngx_http_lua_ffi_task_t), w->log);
-        if (task == NULL) {
-            return NULL;
-        }
-
-        ngx_memzero(task, sizeof(ngx_http_lua_ffi_task_t));
-    }
-
-    if (req_len > task->inline_size) {
-        ngx_free(task->inline_buf);
-        task->inline_size = 0;
-
-        task->inline_buf = ngx_alloc(req_len, w->log);
-        if (task->inline_buf == NULL) {
-            ngx_http_lua_ffi_task_free(task);
-            return NULL;
-        }
-
-        task->inline_size = req_len;
-    }
-
-    task->next = NULL;
-    task->co_ctx = NULL;
-    task->rc = 0;
-    task->rsp = NULL;
-    task->rsp_len = 0;
-    task->kind = NGX_HTTP_LUA_FFI_TASK_CALL;
-
-    /* a new generation, not yet answered */
-    __atomic_store_n(&task->state,
-                     ((((unsigned) task->state >> 1) + 1)
-                      & NGX_HTTP_LUA_FFI_GEN_MASK) << 1,
-                     __ATOMIC_RELEASE);
-    task->abandoned = NULL;
-
-    return task;
-}
-
-
-void
-ngx_http_lua_ffi_task_free(ngx_http_lua_ffi_task_t *task)
-{
-    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
-
-    if (task->rsp) {
-        free(task->rsp);
-        task->rsp = NULL;
-    }
-
-    /* answered from now on, whatever a runtime still says about it */
-    __atomic_or_fetch(&task->state, 1, __ATOMIC_RELEASE);
-
-    if (task->inline_size > NGX_HTTP_LUA_FFI_KEEP_BUF
-        || w->nfree >= NGX_HTTP_LUA_FFI_FREE_TASKS)
-    {
-        ngx_free(task->inline_buf);
-        task->inline_buf = NULL;
-        task->inline_size = 0;
-    }
-
-    task->next = NULL;
-
-    if (w->free_last) {
-        w->free_last->next = task;
-
-    } else {
-        w->free_tasks = task;
-    }
-
-    w->free_last = task;
-    w->nfree++;
 }
 
 
@@ -613,20 +547,18 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    task = ngx_http_lua_ffi_task_alloc(req ? (size_t) req_len : 0);
+    task = ngx_http_lua_ffi_task_alloc(rt->queue.id,
+                                       req ? (size_t) req_len : 0);
     if (task == NULL) {
         *err = "no memory";
         return NGX_ERROR;
     }
 
     if (req) {
-        /* "" is not nil: an empty request still has an address */
-        task->req = req_len ? task->inline_buf : (char *) "";
-
-        if (req_len) {
-            ngx_memcpy(task->req, req, req_len);
-        }
-
+        /* as upstream: a NUL that len does not count, for C-string readers */
+        task->req = task->inline_buf;
+        ngx_memcpy(task->req, req, req_len);
+        task->req[req_len] = '\0';
         task->req_len = req_len;
 
     } else {
@@ -664,7 +596,10 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     coctx->data = task;
     task->co_ctx = coctx;
 
-    /* per call (>= 0) or the runtime's default (-1); 0 waits forever */
+    /*
+     * per call (>= 0) or the runtime's default (-1); 0 waits forever. Lua
+     * passes 0 only for a timeout of 0: a tiny one is rounded up to 1 ms
+     */
     timeout = (timeout_ms >= 0) ? (ngx_msec_t) timeout_ms : h->timeout;
 
     if (timeout) {

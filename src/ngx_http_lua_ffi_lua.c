@@ -25,7 +25,8 @@ ngx_http_lua_ffi_rt_load(const char *lib, size_t lib_len, const char *cfg,
     conf.data = (u_char *) cfg;
     conf.len = cfg ? cfg_len : 0;
 
-    err[0] = '\0';
+    /* whatever a callee writes, the message ends before the old one's */
+    ngx_memzero(err, *errlen);
 
     h = ngx_http_lua_ffi_registry_load(&name, &conf,
                                        max_queue > 0 ? max_queue : 0,

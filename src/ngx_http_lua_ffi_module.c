@@ -3,10 +3,10 @@
  * that set up each worker's eventfd, shared zone and shadow directory.
  */
 
-#include <sys/eventfd.h>
-
 #include "ngx_http_lua_ffi_module.h"
 #include "ngx_http_lua_ffi_manager.h"
+
+#include <sys/eventfd.h>
 
 
 static void *ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf);
@@ -19,6 +19,8 @@ static ngx_int_t ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_exit_master(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_close_fds(void *data);
+static void ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle);
+static void ngx_http_lua_ffi_leave(void);
 
 
 static ngx_command_t  ngx_http_lua_ffi_commands[] = {
@@ -359,6 +361,8 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    ngx_http_lua_ffi_pin_self(cycle);
+
     ngx_memzero(w, sizeof(ngx_http_lua_ffi_worker_t));
     w->log = cycle->log;
     w->cycle = cycle;
@@ -386,6 +390,44 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * nginx dlclose()s its dynamic modules when a worker exits (a cleanup of
+ * the cycle's pool that ngx_load_module registers), while runtime threads
+ * may still be in task_poll or respond, or call them later. In a worker
+ * this image is pinned: mapped until the process ends. The master, which
+ * runs no runtime, keeps nginx's own handling, so that a reload with a new
+ * build of the module maps the new file.
+ */
+
+static void
+ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle)
+{
+    void     *self;
+    Dl_info   info;
+
+    if (dladdr((void *) &ngx_http_lua_ffi_module, &info) == 0
+        || info.dli_fname == NULL)
+    {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "ffi: dladdr() found no file for the module: it may "
+                      "be unmapped under runtime threads at exit");
+        return;
+    }
+
+    self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+
+    if (self == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "ffi: pinning \"%s\" failed: %s", info.dli_fname,
+                      dlerror());
+        return;
+    }
+
+    /* the reference goes; RTLD_NODELETE stays */
+    (void) dlclose(self);
+}
+
+
 static void
 ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
 {
@@ -397,12 +439,33 @@ ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
 
     w->exiting = 1;
 
+    ngx_http_lua_ffi_bridge_stop_polling();
     ngx_http_lua_ffi_watch_exit(cycle);
     ngx_http_lua_ffi_registry_exit(cycle);
     ngx_http_lua_ffi_manager_exit_worker(cycle);
     ngx_http_lua_ffi_bridge_exit(cycle);
 
+    if (w->abandoned) {
+        /*
+         * exit() would run library destructors, and one may wait for a
+         * thread that never returns. Registered last, this runs first in
+         * exit(): after nginx's own exit work, before any library code.
+         */
+        if (atexit(ngx_http_lua_ffi_leave) != 0) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "ffi: atexit() failed: library destructors will "
+                          "run at exit");
+        }
+    }
+
     w->ready = 0;
+}
+
+
+static void
+ngx_http_lua_ffi_leave(void)
+{
+    _exit(0);
 }
 
 

@@ -32,49 +32,61 @@ typedef struct ngx_http_lua_ffi_handle_s   ngx_http_lua_ffi_handle_t;
 
 typedef enum {
     NGX_HTTP_LUA_FFI_TASK_CALL = 0,
-    NGX_HTTP_LUA_FFI_TASK_DRAINED      /* a runtime took its NULL task */
+    NGX_HTTP_LUA_FFI_TASK_DRAINED,     /* a runtime took its NULL task */
+    NGX_HTTP_LUA_FFI_TASK_STRAY        /* answers to nothing were dropped */
 } ngx_http_lua_ffi_task_kind_e;
 
 
 /*
  * One call. Owned by the event loop, lent to the runtime between post and
- * respond. Task objects are recycled through a per-worker FIFO and never
- * freed while the worker lives, so that a runtime that answers a task twice
- * or late never writes to freed memory. The runtime sees the task's address
- * with its 8-bit generation in the low bits (tasks are 256-byte aligned):
- * an answer for an earlier use of the object is recognised and dropped.
+ * respond. Tasks live in the worker's task table (ngx_http_lua_ffi_task.c)
+ * and are never freed while the worker lives, so that a runtime that
+ * answers a task twice or late never writes to freed memory.
+ *
+ * What a runtime holds is a *handle*, not the address: the task's index in
+ * the table and the sequence number of this use (one worker-wide counter).
+ * The task's state word holds the sequence number and where the call is;
+ * respond() moves it from TAKEN to ANSWERED by compare-and-swap, so only
+ * the handle of a call that a runtime took and has not answered can ever
+ * complete it.
  */
 
-#define NGX_HTTP_LUA_FFI_TASK_ALIGN  256
-#define NGX_HTTP_LUA_FFI_GEN_MASK    (NGX_HTTP_LUA_FFI_TASK_ALIGN - 1)
+#define NGX_HTTP_LUA_FFI_TASK_FREE      0
+#define NGX_HTTP_LUA_FFI_TASK_QUEUED    1
+#define NGX_HTTP_LUA_FFI_TASK_TAKEN     2
+#define NGX_HTTP_LUA_FFI_TASK_ANSWERED  3
 
-#define ngx_http_lua_ffi_task_tag(t)                                         \
-    ((void *) ((uintptr_t) (t)                                               \
-               | (((unsigned) (t)->state >> 1) & NGX_HTTP_LUA_FFI_GEN_MASK)))
+#define ngx_http_lua_ffi_task_state(seq, st)  (((uintptr_t) (seq) << 2) | (st))
 
-#define ngx_http_lua_ffi_task_untag(p)                                       \
-    ((ngx_http_lua_ffi_task_t *) ((uintptr_t) (p)                            \
-                                  & ~(uintptr_t) NGX_HTTP_LUA_FFI_GEN_MASK))
-
-#define ngx_http_lua_ffi_task_gen(p)                                         \
-    ((int) ((uintptr_t) (p) & NGX_HTTP_LUA_FFI_GEN_MASK))
 struct ngx_http_lua_ffi_task_s {
     ngx_http_lua_ffi_task_t      *next;      /* queue or done-stack link */
     ngx_http_lua_ffi_runtime_t   *runtime;
     ngx_http_lua_co_ctx_t        *co_ctx;    /* NULL once the caller left */
     ngx_http_request_t           *request;
-    char                         *req;
+    char                         *req;       /* req[req_len] == '\0' */
     int                           req_len;
     int                           rc;
     char                         *rsp;
     int                           rsp_len;
-    int                           state;     /* atomic: gen << 1 | answered */
+    uintptr_t                     state;     /* atomic: seq << 2 | where */
+    uintptr_t                     handle;    /* of this use */
     ngx_event_t                   timer;     /* per-call timeout, if any */
     ngx_queue_t                   inflight;  /* in the worker's calls */
     const char                   *abandoned; /* why Lua stopped waiting */
     unsigned                      kind:2;
+    ngx_uint_t                    index;     /* in the task table */
     char                         *inline_buf;  /* reusable request buffer */
     size_t                        inline_size;
+
+    /* stray answers to this slot, for the event loop to attribute */
+    ngx_http_lua_ffi_task_t      *stray_next;
+    uintptr_t                     stray_handle;  /* atomic: the last one */
+    ngx_uint_t                    strays;        /* atomic */
+    int                           stray_pending; /* atomic: on the stack */
+    ngx_uint_t                    rt_id;         /* runtime of this use */
+    uintptr_t                     owner_since;   /* its first seq here */
+    ngx_uint_t                    prev_rt_id;    /* the runtime before */
+    uintptr_t                     prev_owner_since;
 };
 
 
@@ -92,6 +104,9 @@ struct ngx_http_lua_ffi_queue_s {
     int                           spinning;  /* atomic: one spinner */
     int                           closing;   /* NULL task appended */
     unsigned                      closed:1;  /* NULL task taken */
+    ngx_uint_t                    id;        /* unique in the worker */
+    ngx_uint_t                    strays;    /* answers to nothing */
+    unsigned                      stray_logged:1;
 };
 
 
@@ -201,6 +216,15 @@ typedef struct {
     ngx_http_lua_ffi_task_t      *free_tasks;  /* FIFO: oldest first */
     ngx_http_lua_ffi_task_t      *free_last;
     ngx_uint_t                    nfree;
+    ngx_uint_t                    ntasks;    /* slots of the task table */
+    uintptr_t                     seq;       /* of the last use of a task */
+    ngx_uint_t                    queue_ids;
+    ngx_http_lua_ffi_task_t       stray_notice;
+    int                           stray_notice_pending;  /* atomic */
+    ngx_http_lua_ffi_task_t      *stray_slots;   /* atomic LIFO */
+    ngx_uint_t                    strays_unknown_new;  /* atomic */
+    ngx_uint_t                    strays_unknown;
+    unsigned                      stray_unknown_logged:1;
     ngx_uint_t                    inflight;
     ngx_queue_t                   calls;     /* tasks in flight */
     ngx_event_t                   keeper;    /* holds graceful exit */
@@ -217,6 +241,7 @@ typedef struct {
     ngx_uint_t                    slot;      /* ngx_worker */
     unsigned                      ready:1;   /* worker initialised */
     unsigned                      exiting:1;
+    unsigned                      abandoned:1;  /* runtimes left at exit */
 } ngx_http_lua_ffi_worker_t;
 
 
@@ -247,8 +272,17 @@ extern ngx_http_lua_ffi_worker_t   ngx_http_lua_ffi_worker;
 ngx_int_t ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd);
 void ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle);
 void ngx_http_lua_ffi_bridge_wake(void);
-ngx_http_lua_ffi_task_t *ngx_http_lua_ffi_task_alloc(size_t req_len);
+void ngx_http_lua_ffi_bridge_stop_polling(void);
+
+/* task table: handles, from any thread */
+ngx_http_lua_ffi_task_t *ngx_http_lua_ffi_task_alloc(ngx_uint_t rt_id,
+    size_t req_len);
 void ngx_http_lua_ffi_task_free(ngx_http_lua_ffi_task_t *task);
+ngx_http_lua_ffi_task_t *ngx_http_lua_ffi_task_find(void *handle,
+    uintptr_t *seq);
+void ngx_http_lua_ffi_task_stray(ngx_http_lua_ffi_task_t *task,
+    void *handle);
+void ngx_http_lua_ffi_task_strays_count(void);
 ngx_int_t ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     ngx_http_lua_ffi_handle_t *h, const char *req, int req_len,
     int timeout_ms, const char **err);

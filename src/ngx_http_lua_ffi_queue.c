@@ -24,6 +24,9 @@ ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q, ngx_uint_t max,
 {
     ngx_memzero(q, sizeof(ngx_http_lua_ffi_queue_t));
 
+    /* who held a handle, for answers that come after the task moved on */
+    q->id = ++ngx_http_lua_ffi_worker.queue_ids;
+
     if (pthread_mutex_init(&q->mutex, NULL) != 0) {
         return NGX_ERROR;
     }
@@ -181,7 +184,13 @@ ngx_http_lua_ffi_queue_take(ngx_http_lua_ffi_queue_t *q, void **tasks, int n)
     for (got = 0; got < n && q->head; got++) {
         task = q->head;
         q->head = task->next;
-        tasks[got] = ngx_http_lua_ffi_task_tag(task);
+
+        /* from here on, and only from here on, its handle may answer it */
+        __atomic_store_n(&task->state,
+                         ngx_http_lua_ffi_task_state(
+                             task->state >> 2, NGX_HTTP_LUA_FFI_TASK_TAKEN),
+                         __ATOMIC_RELEASE);
+        tasks[got] = (void *) task->handle;
     }
 
     if (q->head == NULL) {
@@ -237,31 +246,4 @@ ngx_http_lua_ffi_library_path(void *tq)
     ngx_http_lua_ffi_runtime_t  *rt = tq;
 
     return (const char *) rt->image->library->path.data;
-}
-
-
-NGX_HTTP_LUA_FFI_API char *
-ngx_http_lua_ffi_get_req(void *tsk, int *len)
-{
-    ngx_http_lua_ffi_task_t  *task;
-
-    task = ngx_http_lua_ffi_task_untag(tsk);
-
-    /* a stale or answered task has no request any more */
-    if ((__atomic_load_n(&task->state, __ATOMIC_ACQUIRE) >> 1
-         & NGX_HTTP_LUA_FFI_GEN_MASK) != ngx_http_lua_ffi_task_gen(tsk)
-        || (__atomic_load_n(&task->state, __ATOMIC_ACQUIRE) & 1))
-    {
-        if (len) {
-            *len = 0;
-        }
-
-        return NULL;
-    }
-
-    if (len) {
-        *len = task->req_len;
-    }
-
-    return task->req;
 }
