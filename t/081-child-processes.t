@@ -15,9 +15,12 @@ my $n = $ENV{FFI_CHILDREN} || 200;
 # the trial's crashing library (make test-libs)
 $ENV{TEST_LIB} = "$repo/build/t";
 
-# label => [library, cfg, load options, folder]; '' loads nothing
+# label => [library, cfg, load options, folder]; '' loads nothing; c: a
+# runtime whose threads, started at mapping, in libffi_init and later (on
+# "spawn"), unblock every signal
 my @runtimes = (
     [none   => ''],
+    [c      => 'ffi_signals', undef, undef, 't/lib/runtimes'],
     [go     => 'ffi_go_echo', undef, undef, 'examples/go'],
     [rust   => 'ffi_rust_echo', undef, undef, 'examples/rust'],
     [python => 'ffi_python3', 'ffi.echo?,init', '{is_global = true}',
@@ -115,7 +118,8 @@ sub init_worker {
         my $args = join ', ', qq{"$lib"}, ($cfg ? qq{"$cfg"} : 'nil'),
                               ($opts || ());
         $load = "local rt = assert(ngx.load_ffi($args))\n"
-              . "        assert(rt:call(\"up\"))\n";
+              . "        assert(rt:call(\"up\"))\n"
+              . "        assert(rt:call(\"spawn\"))\n";
     }
 
     return <<"LUA";
@@ -186,7 +190,7 @@ for my $r (@runtimes) {
     my @usr1 = threads_taking($w, POSIX::SIGUSR1());
     diag("$label: " . scalar(@usr1) . " library threads take SIGUSR1");
     cmp_ok(scalar @usr1, '>', 0, "$label: threads that take signals exist")
-        if $label eq 'go';
+        if $label eq 'go' || $label eq 'c';
 
     my @some = @usr1[0 .. ($#usr1 > 2 ? 2 : $#usr1)];
     for my $i (0 .. $#some) {
