@@ -142,12 +142,20 @@ sub threads_taking {
         open my $fh, '<', "/proc/$pid/task/$tid/status" or next;
         my ($blocked) = map { /^SigBlk:\s*([0-9a-f]+)/ ? $1 : () } <$fh>;
         next unless defined $blocked;
-        # the mask is wider than a Perl integer: only the low word matters
+        # signal n is bit n - 1; nginx's are all in the low word
         my $low = hex substr($blocked, -8);
         push @tids, $tid unless $low & (1 << ($sig - 1));
     }
 
     return @tids;
+}
+
+
+# a signal for one thread; syscall() passes a string as a pointer: numbers
+sub tgkill {
+    my ($pid, $tid, $sig) = @_;
+    syscall(&SYS_tgkill, $pid + 0, $tid + 0, $sig + 0) == 0
+        or diag("tgkill($pid, $tid, $sig): $!");
 }
 
 
@@ -194,8 +202,7 @@ for my $r (@runtimes) {
 
     my @some = @usr1[0 .. ($#usr1 > 2 ? 2 : $#usr1)];
     for my $i (0 .. $#some) {
-        syscall(&SYS_tgkill, $w, $some[$i], POSIX::SIGUSR1()) == 0
-            or diag("tgkill: $!");
+        tgkill($w, $some[$i], POSIX::SIGUSR1());
         ok(FFITest::wait_for_log(qr/\] $w#$w: reopening logs/, 30, $i + 1),
            "$label: SIGUSR1 on thread $some[$i] reopens the logs");
     }
@@ -206,8 +213,7 @@ for my $r (@runtimes) {
         or diag(join "\n", @foreign[0 .. ($#foreign > 5 ? 5 : $#foreign)]);
 
     if (@some) {
-        syscall(&SYS_tgkill, $w, $some[0], POSIX::SIGQUIT()) == 0
-            or diag("tgkill: $!");
+        tgkill($w, $some[0], POSIX::SIGQUIT());
         ok(FFITest::wait_exit($w, 60),
            "$label: SIGQUIT on thread $some[0] ends the worker");
         ok(FFITest::wait_for_log("runtime $label up in", 120, 2),
@@ -219,6 +225,18 @@ for my $r (@runtimes) {
     FFITest::signal('HUP');
     ok(FFITest::wait_for_log("runtime $label up in", 120, $up + 1),
        "$label: nginx -s reload starts a worker that serves");
+
+    # the new worker guards nginx's handlers as the first one did
+    my ($nw) = (FFITest::error_log() =~ /.*runtime \Q$label\E up in (\d+)/s);
+    my @t = $nw ? threads_taking($nw, POSIX::SIGUSR1()) : ();
+    if (@t) {
+        tgkill($nw, $t[0], POSIX::SIGUSR1());
+        ok(FFITest::wait_for_log(qr/\] $nw#$nw: reopening logs/, 30),
+           "$label: after the reload, SIGUSR1 on a library thread too")
+            or diag(join "\n", "new worker $nw, threads @t",
+                    worker_lines($nw, qr/signal|reopen|exit/));
+    }
+
     FFITest::stop_nginx($label);
 }
 
