@@ -406,7 +406,6 @@ ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
     ngx_http_lua_ffi_registry_exit(cycle);
     ngx_http_lua_ffi_manager_exit_worker(cycle);
     ngx_http_lua_ffi_bridge_exit(cycle);
-    ngx_http_lua_ffi_signal_exit(cycle);
 
     w->ready = 0;
 }

@@ -267,7 +267,6 @@ void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
 
 /* signal: nginx's handlers run on the event loop thread only */
 ngx_int_t ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle);
-void ngx_http_lua_ffi_signal_exit(ngx_cycle_t *cycle);
 
 /* registry: manager/ */
 ngx_http_lua_ffi_handle_t *ngx_http_lua_ffi_registry_load(ngx_str_t *lib,

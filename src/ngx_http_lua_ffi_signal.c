@@ -5,6 +5,7 @@
 
 #include "ngx_http_lua_ffi_module.h"
 
+#include <dlfcn.h>
 #include <sys/syscall.h>
 
 
@@ -64,9 +65,27 @@ ngx_int_t
 ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle)
 {
     int                         signo;
+    char                       *err;
+    Dl_info                     self;
     ngx_uint_t                  i;
     struct sigaction            sa;
     ngx_http_lua_ffi_signal_t  *s;
+
+    /*
+     * nginx unmaps its modules when a worker exits, and a library's thread
+     * may take a signal until the very end: the trampoline stays mapped.
+     */
+    if (dladdr((void *) ngx_http_lua_ffi_signal_trampoline, &self) == 0
+        || self.dli_fname == NULL
+        || dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE)
+           == NULL)
+    {
+        err = dlerror();
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "ffi: cannot keep the module mapped: %s",
+                      err ? err : "dladdr() failed");
+        return NGX_ERROR;
+    }
 
     ngx_http_lua_ffi_signal_pid = getpid();
     ngx_http_lua_ffi_signal_tid = (pid_t) syscall(SYS_gettid);
@@ -178,47 +197,4 @@ ngx_http_lua_ffi_signal_trampoline(int signo, siginfo_t *info, void *ucontext)
     }
 
     errno = err;
-}
-
-
-/*
- * At worker exit, the last thing this module does: nginx's handlers again,
- * since nginx unmaps its modules before the process ends. A handler that a
- * library put in place of a trampoline stays: it was the library's choice.
- */
-
-void
-ngx_http_lua_ffi_signal_exit(ngx_cycle_t *cycle)
-{
-    ngx_uint_t                  i;
-    struct sigaction            sa;
-    ngx_http_lua_ffi_signal_t  *s;
-
-    for (i = 0; i < NGX_HTTP_LUA_FFI_NSIGNALS; i++) {
-        s = &ngx_http_lua_ffi_signals[i];
-
-        if (s->signo == 0
-            || sigaction(s->signo, NULL, &sa) == -1
-            || !(sa.sa_flags & SA_SIGINFO)
-            || sa.sa_sigaction != ngx_http_lua_ffi_signal_trampoline)
-        {
-            continue;
-        }
-
-        /* the flags as they are now: lua-nginx-module's SA_RESTART stays */
-        sa.sa_flags &= ~SA_SIGINFO;
-        sa.sa_flags |= s->nginx.sa_flags & SA_SIGINFO;
-
-        if (s->nginx.sa_flags & SA_SIGINFO) {
-            sa.sa_sigaction = s->nginx.sa_sigaction;
-
-        } else {
-            sa.sa_handler = s->nginx.sa_handler;
-        }
-
-        if (sigaction(s->signo, &sa, NULL) == -1) {
-            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
-                          "ffi: sigaction(%d) failed", s->signo);
-        }
-    }
 }
