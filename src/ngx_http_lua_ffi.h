@@ -105,6 +105,14 @@
  * again (no destructors), so a destructor that waits for a stuck thread
  * cannot hold the worker.
  *
+ * SIGNALS
+ *
+ * nginx's signal handlers (HUP, USR1, WINCH, TERM, QUIT, USR2, ALRM, INT,
+ * IO, CHLD) act only on the worker's event loop thread: one of these that
+ * lands on a thread of yours, whatever its mask, is passed on to that
+ * thread. Threads started in libffi_init inherit a mask that blocks them.
+ * Do not install handlers for these signals: yours would replace nginx's.
+ *
  * States of an image:   loading -> serving -> draining -> closed
  * States of a runtime:  serving -> draining -> drained (or stuck, when a
  *                       draining runtime never takes its NULL task)

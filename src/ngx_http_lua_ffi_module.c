@@ -370,6 +370,11 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
     ngx_queue_init(&w->libraries);
     ngx_queue_init(&w->runtimes);
 
+    /* before Lua's init_worker can map a library and start its threads */
+    if (ngx_http_lua_ffi_signal_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_lua_ffi_bridge_init(cycle, fmcf->notify_fds[slot])
         != NGX_OK)
     {
