@@ -121,7 +121,7 @@ ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid, ngx_uint_t walk,
     int           cur, next, fd;
     u_char        rest[NGX_HTTP_LUA_FFI_PATHLEN * 2];
     u_char        name[NAME_MAX + 1], link[NGX_HTTP_LUA_FFI_PATHLEN];
-    u_char       *p, *q, *end, *r, *slash;
+    u_char       *p, *q, *end, *r, *slash, *start;
     size_t        len, rlen, nlen;
     ssize_t       n;
     ngx_uint_t    links, sticky;
@@ -168,6 +168,8 @@ ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid, ngx_uint_t walk,
                          path);
             goto failed;
         }
+
+        start = p;
 
         for (q = p; *q && *q != '/'; q++) { /* void */ }
 
@@ -254,11 +256,13 @@ ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid, ngx_uint_t walk,
                 goto failed;
             }
 
-            /* the target, then what was left of the path */
+            /* the target, then what was left of the path (p == end) */
             len = ngx_strlen(p);
             ngx_memmove(rest + n + 1, p, len + 1);
             ngx_memcpy(rest, link, n);
-            rest[n] = '/';
+
+            /* the last name: a trailing "/" would make it a folder */
+            rest[n] = len ? '/' : '\0';
             p = rest;
 
             r = real + rlen;
@@ -273,11 +277,6 @@ ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid, ngx_uint_t walk,
                 if (cur == -1) {
                     goto failed;
                 }
-            }
-
-            if (*end == '\0') {
-                /* a trailing "/" would make the library a folder */
-                rest[n] = '\0';
             }
 
             continue;
@@ -321,7 +320,8 @@ ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid, ngx_uint_t walk,
             goto failed;
         }
 
-        fd = openat(cur, (char *) name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        fd = openat(cur, (char *) name,
+                    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 
         if (fd == -1 || fstat(fd, &fst) == -1) {
             ngx_snprintf(err, errlen, "cannot open \"%s\": %s%Z", real,
@@ -333,10 +333,18 @@ ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid, ngx_uint_t walk,
         }
 
         if (fst.st_dev != st.st_dev || fst.st_ino != st.st_ino) {
-            ngx_snprintf(err, errlen, "\"%s\" was replaced while it was "
-                         "opened%Z", real);
+            /* replaced meanwhile (a drop): judge the name again */
             (void) close(fd);
-            goto failed;
+
+            if (++links > NGX_HTTP_LUA_FFI_MAX_LINKS) {
+                ngx_snprintf(err, errlen, "\"%s\" keeps changing%Z", real);
+                goto failed;
+            }
+
+            p = start;
+            r = real + rlen;
+            *r = '\0';
+            continue;
         }
 
         if (ngx_http_lua_ffi_check_file(&fst, real, uid, err, errlen)
