@@ -452,6 +452,11 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     uid = (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT)
           ? ccf->user : geteuid();
 
+    /* relative to the prefix, as nginx's own paths are */
+    if (ngx_conf_full_name(cycle, &fmcf->shadow_path, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (fmcf->shadow_path.len >= sizeof(path) - sizeof(name) - 1) {
         ngx_snprintf(err, sizeof(err), "path too long%Z");
         goto failed;
