@@ -32,6 +32,15 @@ typedef struct {
 } ngx_http_lua_ffi_version_t;
 
 
+/* trust: what ngx_http_lua_ffi_open_trusted() opens at the end */
+#define NGX_HTTP_LUA_FFI_WALK_FILE    0   /* the file, to read it */
+#define NGX_HTTP_LUA_FFI_WALK_FOLDER  1   /* the path is a folder */
+#define NGX_HTTP_LUA_FFI_WALK_NAME    2   /* only where the name leads */
+
+int ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid,
+    ngx_uint_t walk, int *dir, u_char *real, u_char **base, u_char *err,
+    size_t errlen);
+
 /* image */
 ngx_int_t ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     ngx_http_lua_ffi_main_conf_t *fmcf, ngx_core_conf_t *ccf);
