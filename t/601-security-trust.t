@@ -134,6 +134,35 @@ for my $case (
 like(FFITest::error_log(), qr/folder "\Q$gw\E" is writable by group or others/,
      'error.log names the offending folder');
 
+# nobody flips a symlink between a trusted file and their own folder, and
+# renames a folder of theirs back and forth, while we load through them:
+# whichever state a load meets, it is refused, never served
+my $flip = "$sticky/flip.so";
+my $moved = "$sticky/moved";
+as_nobody("mkdir $moved && cp $nb/libver.so $moved/") or die;
+my $swapper = fork // die;
+if ($swapper == 0) {
+    setpgrp(0, 0);                   # killed as a group below
+    open STDERR, '>', '/dev/null';
+    exec 'runuser', '-u', 'nobody', '--', 'sh', '-c',
+         "while :; do ln -sfn $ok/libver.so $flip; "
+         . "ln -sfn $nb/libver.so $flip; "
+         . "mv $moved $moved.x; mv $moved.x $moved; done";
+}
+my %answers;
+for (1 .. 40) {
+    for my $lib ($flip, "$moved/libver.so") {
+        my $a = load($lib);
+        $a =~ s/"[^"]*"/PATH/g;
+        $answers{$a}++;
+    }
+}
+kill 'KILL', -$swapper;
+waitpid $swapper, 0;
+ok(!grep(/^true/, keys %answers), 'swapped symlink, renamed folder: never '
+   . 'loaded') or diag(explain \%answers);
+note(explain \%answers);
+
 # --- reloads and drops: the library serves v1 from a trusted folder, then
 # what is on disk becomes untrusted in one way or another
 my $lib = "$ok/libver.so";
