@@ -13,9 +13,9 @@
 
 /*
  * The shadow folder: made once by the master (a random name, so that it
- * cannot be guessed), owned by the workers' user, mode 0700; inherited by every
- * worker the master forks, also after nginx -s reload, since the versions
- * named in the shared zone live on. Checked again on every use.
+ * cannot be guessed), owned by the workers' user, mode 0700; inherited by
+ * every worker the master forks, also after nginx -s reload, since the
+ * versions named in the shared zone live on. Checked again on every use.
  */
 static u_char      ngx_http_lua_ffi_shadow_dir[NGX_HTTP_LUA_FFI_PATHLEN];
 static ngx_uid_t   ngx_http_lua_ffi_shadow_uid;
@@ -700,6 +700,16 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
 
     *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
 
+    /* glibc would answer with whatever it already knows by that name */
+    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+    if (dl) {
+        (void) dlclose(dl);
+        (void) close(fd);
+        ngx_snprintf(err, errlen, "\"%s\" already names a mapped library%Z",
+                     proc);
+        return NULL;
+    }
+
     dl = dlopen((char *) proc, mode);
     if (dl == NULL) {
         ngx_snprintf(err, errlen, "dlopen(\"%V\") failed: %s%Z", &lib->path,
@@ -748,6 +758,33 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
 
 
 /*
+ * dlclose() may leave the library mapped (RTLD_NODELETE, a unique symbol of
+ * C++ or Rust): glibc then still knows it as "/proc/self/fd/N", and N must
+ * never name another copy. Such a descriptor stays open, as the mapping.
+ */
+
+static void
+ngx_http_lua_ffi_image_close_fd(ngx_http_lua_ffi_image_t *img)
+{
+    void    *dl;
+    u_char   proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
+
+    *ngx_sprintf(proc, "/proc/self/fd/%d", img->fd) = '\0';
+
+    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+    if (dl) {
+        (void) dlclose(dl);
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "ffi: \"%V\" version %ui stays mapped after dlclose()",
+                      &img->library->path, img->version);
+        return;
+    }
+
+    (void) close(img->fd);
+}
+
+
+/*
  * The last runtime on an image is gone (its grace period already passed):
  * an unpinned image is unmapped, whether or not it is still current; the
  * next ngx.load_ffi maps the current version again.
@@ -780,7 +817,7 @@ ngx_http_lua_ffi_image_unref(ngx_http_lua_ffi_image_t *img)
                       dlerror());
     }
 
-    (void) close(img->fd);
+    ngx_http_lua_ffi_image_close_fd(img);
 
     if (img == lib->current) {
         lib->current = NULL;
