@@ -138,6 +138,84 @@ ngx_http_lua_ffi_admin_authorized(ngx_http_request_t *r, ngx_str_t *token)
 }
 
 
+static ngx_table_elt_t *
+ngx_http_lua_ffi_admin_header(ngx_http_request_t *r, char *name)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    len = ngx_strlen(name);
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (h[i].key.len == len
+                && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+            {
+                return &h[i];
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * A page in a browser may send a request here from any site: a bodyless
+ * POST is a CORS "simple request", sent without asking. Browsers say where
+ * a request comes from (Origin, Sec-Fetch-Site); anything but the endpoint
+ * itself, or the user typing the URL, is refused. Tools such as curl send
+ * neither header. This is no authentication: ffi_admin_token is.
+ */
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_cross_site(ngx_http_request_t *r)
+{
+    int               https;
+    ngx_str_t        *v;
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_lua_ffi_admin_header(r, "Sec-Fetch-Site");
+
+    if (h) {
+        v = &h->value;
+
+        if (!((v->len == 11
+               && ngx_strncasecmp(v->data, (u_char *) "same-origin", 11) == 0)
+              || (v->len == 4
+                  && ngx_strncasecmp(v->data, (u_char *) "none", 4) == 0)))
+        {
+            return 1;
+        }
+    }
+
+    h = ngx_http_lua_ffi_admin_header(r, "Origin");
+
+    if (h == NULL) {
+        return 0;
+    }
+
+#if (NGX_HTTP_SSL)
+    https = (r->connection->ssl != NULL);
+#else
+    https = 0;
+#endif
+
+    if (r->headers_in.host == NULL) {
+        return 1;
+    }
+
+    return !ngx_http_lua_ffi_admin_same_origin(h->value.data, h->value.len,
+                                               r->headers_in.host->value.data,
+                                               r->headers_in.host->value.len,
+                                               https);
+}
+
+
 static ngx_int_t
 ngx_http_lua_ffi_admin_lib(ngx_http_request_t *r, ngx_str_t *name)
 {
@@ -178,6 +256,13 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
     }
 
     endpoint = ngx_http_lua_ffi_admin_endpoint(rel.data, rel.len);
+
+    if (ngx_http_lua_ffi_admin_cross_site(r)) {
+        ngx_http_discard_request_body(r);
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_FORBIDDEN,
+                                   "cross-site request refused (Origin or "
+                                   "Sec-Fetch-Site names another site)");
+    }
 
     if (!ngx_http_lua_ffi_admin_authorized(r, &fmcf->admin_token)) {
         ngx_http_discard_request_body(r);

@@ -116,3 +116,66 @@ ngx_http_lua_ffi_admin_lib_arg(const unsigned char *args, size_t len,
 
     return NGX_HTTP_LUA_FFI_ARG_MISSING;
 }
+
+
+static size_t
+ngx_http_lua_ffi_strip_port(const unsigned char *host, size_t len,
+    const char *port)
+{
+    size_t  plen;
+
+    plen = strlen(port);
+
+    if (len > plen && memcmp(host + len - plen, port, plen) == 0) {
+        return len - plen;
+    }
+
+    return len;
+}
+
+
+/*
+ * Whether an Origin header names the endpoint itself: the scheme of the
+ * connection and the Host the request was sent to, a default port or not.
+ * 1: same origin; 0: anything else, "null" and garbage included.
+ */
+
+int
+ngx_http_lua_ffi_admin_same_origin(const unsigned char *origin, size_t olen,
+    const unsigned char *host, size_t hlen, int https)
+{
+    size_t       i, slen;
+    const char  *scheme, *port;
+
+    scheme = https ? "https://" : "http://";
+    port = https ? ":443" : ":80";
+    slen = strlen(scheme);
+
+    if (hlen == 0 || olen <= slen) {
+        return 0;
+    }
+
+    for (i = 0; i < slen; i++) {
+        if ((origin[i] | 0x20) != scheme[i]) {
+            return 0;
+        }
+    }
+
+    origin += slen;
+    olen = ngx_http_lua_ffi_strip_port(origin, olen - slen, port);
+    hlen = ngx_http_lua_ffi_strip_port(host, hlen, port);
+
+    if (olen != hlen) {
+        return 0;
+    }
+
+    for (i = 0; i < olen; i++) {
+        if (origin[i] == '/' || origin[i] == '@'
+            || ((origin[i] | 0x20) != (host[i] | 0x20)))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}

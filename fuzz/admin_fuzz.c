@@ -1,8 +1,8 @@
 
 /*
  * libFuzzer target for the admin endpoint's request parsing: any path and
- * query string gives a clean verdict, and a decoded lib is a short C string
- * with no NUL inside.
+ * query string gives a clean verdict, a decoded lib is a short C string
+ * with no NUL inside, and an Origin built from a Host is that Host's own.
  */
 
 
@@ -14,6 +14,30 @@
 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+
+/* "http://" HOST is HOST's own origin, for any HOST a browser could send */
+
+static void
+ngx_http_lua_ffi_fuzz_own_origin(const uint8_t *host, size_t len)
+{
+    unsigned char  origin[7 + 256];
+
+    if (len == 0 || len > 256 || memchr(host, '/', len)
+        || memchr(host, '@', len))
+    {
+        return;
+    }
+
+    memcpy(origin, "http://", 7);
+    memcpy(origin + 7, host, len);
+
+    if (ngx_http_lua_ffi_admin_same_origin(origin, 7 + len, host, len, 0)
+        != 1)
+    {
+        abort();
+    }
+}
 
 
 int
@@ -52,6 +76,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     {
         abort();
     }
+
+    /* the path as an Origin, the query string as a Host */
+    rc = ngx_http_lua_ffi_admin_same_origin(data, split, data + split,
+                                            size - split, size & 1);
+    if (rc != 0 && rc != 1) {
+        abort();
+    }
+
+    ngx_http_lua_ffi_fuzz_own_origin(data + split, size - split);
 
     return 0;
 }

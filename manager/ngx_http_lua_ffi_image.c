@@ -1,91 +1,220 @@
 /*
  * Library images: finding a library file, checking it with libelf, making
- * its shadow copy and mapping that copy with dlopen().
+ * its shadow copy in a private folder and mapping that very copy with
+ * dlopen() once its SHA-256 proves it is the copy that was checked.
  */
-
-#include <dlfcn.h>
 
 #include "ngx_http_lua_ffi_manager.h"
 
-
-#define NGX_HTTP_LUA_FFI_MAX_FILE  (1024 * 1024 * 1024)
-
-
-/* set in the master, inherited by the workers */
-static u_char      ngx_http_lua_ffi_shadow_dir[NGX_HTTP_LUA_FFI_PATHLEN];
-static ngx_uint_t  ngx_http_lua_ffi_shadow_seq;
+#include <dlfcn.h>
+#include <dirent.h>
+#include <sys/random.h>
 
 
 /*
- * One private directory per master process, writable by the workers' user
- * only, so that nobody else can swap a shadow copy under a worker.
+ * The shadow folder: made once by the master (a random name, so that it
+ * cannot be guessed), owned by the workers' user, mode 0700; inherited by
+ * every worker the master forks, also after nginx -s reload, since the
+ * versions named in the shared zone live on. Checked again on every use.
+ */
+static u_char      ngx_http_lua_ffi_shadow_dir[NGX_HTTP_LUA_FFI_PATHLEN];
+static ngx_uid_t   ngx_http_lua_ffi_shadow_uid;
+
+
+/* The shadow folder, opened and checked: ours, 0700, not a symlink. */
+
+static int
+ngx_http_lua_ffi_shadow_dir_open(u_char *err, size_t errlen)
+{
+    int          fd;
+    struct stat  st;
+
+    if (ngx_http_lua_ffi_shadow_dir[0] == '\0') {
+        ngx_snprintf(err, errlen, "no shadow folder%Z");
+        return -1;
+    }
+
+    fd = open((char *) ngx_http_lua_ffi_shadow_dir,
+              O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd == -1 || fstat(fd, &st) == -1) {
+        ngx_snprintf(err, errlen, "cannot open shadow folder \"%s\": %s%Z",
+                     ngx_http_lua_ffi_shadow_dir, strerror(errno));
+        if (fd != -1) {
+            (void) close(fd);
+        }
+        return -1;
+    }
+
+    if (st.st_uid != ngx_http_lua_ffi_shadow_uid
+        || (st.st_mode & 07777) != 0700)
+    {
+        ngx_snprintf(err, errlen, "shadow folder \"%s\" is not ours: owner "
+                     "uid %d, mode %04o (want uid %d, 0700)%Z",
+                     ngx_http_lua_ffi_shadow_dir, (int) st.st_uid,
+                     (int) (st.st_mode & 07777),
+                     (int) ngx_http_lua_ffi_shadow_uid);
+        (void) close(fd);
+        return -1;
+    }
+
+    return fd;
+}
+
+
+/*
+ * In the master, for every configuration it loads: makes the shadow folder
+ * the first time, in ffi_shadow_path (checked as an ancestor of a library
+ * is), with a random name. nginx -t and nginx -s start no worker: no
+ * folder for them.
  */
 
 ngx_int_t
 ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     ngx_http_lua_ffi_main_conf_t *fmcf, ngx_core_conf_t *ccf)
 {
-    u_char  *p;
+    int          fd, parent, unused;
+    u_char       err[NGX_HTTP_LUA_FFI_ERRLEN], *base;
+    u_char       path[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char       real[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char       name[sizeof("nginx-ffi.") + 24], rnd[12];
+    ngx_uid_t    uid;
 
-    p = ngx_snprintf(ngx_http_lua_ffi_shadow_dir,
-                     NGX_HTTP_LUA_FFI_PATHLEN - 1, "%V/nginx-ffi.%P",
-                     &fmcf->shadow_path, ngx_pid);
-    *p = '\0';
+    if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_OK;
+    }
 
-    if (mkdir((char *) ngx_http_lua_ffi_shadow_dir, 0700) == -1
-        && ngx_errno != NGX_EEXIST)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                      "ffi: mkdir(\"%s\") failed (ffi_shadow_path)",
-                      ngx_http_lua_ffi_shadow_dir);
+    if (ngx_http_lua_ffi_digest_init(cycle->log) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    if (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT) {
-        if (chown((char *) ngx_http_lua_ffi_shadow_dir, ccf->user,
-                  ccf->group) == -1)
-        {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                          "ffi: chown(\"%s\") failed",
-                          ngx_http_lua_ffi_shadow_dir);
-            return NGX_ERROR;
-        }
+    err[0] = '\0';
+
+    if (ngx_http_lua_ffi_shadow_dir[0] != '\0') {
+        /* nginx -s reload: the versions in the shared zone live here */
+        goto check;
     }
 
+    uid = (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT)
+          ? ccf->user : geteuid();
+
+    /* relative to the prefix, as nginx's own paths are */
+    if (ngx_conf_full_name(cycle, &fmcf->shadow_path, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (fmcf->shadow_path.len >= sizeof(path) - sizeof(name) - 1) {
+        ngx_snprintf(err, sizeof(err), "path too long%Z");
+        goto failed;
+    }
+
+    *ngx_cpymem(path, fmcf->shadow_path.data, fmcf->shadow_path.len) = '\0';
+
+    parent = ngx_http_lua_ffi_open_trusted(path, uid,
+                                           NGX_HTTP_LUA_FFI_WALK_FOLDER,
+                                           &unused, real, &base, err,
+                                           sizeof(err));
+    if (parent == -1) {
+        goto failed;
+    }
+
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t) sizeof(rnd)) {
+        ngx_snprintf(err, sizeof(err), "getrandom() failed%Z");
+        (void) close(parent);
+        goto failed;
+    }
+
+    *ngx_hex_dump(ngx_cpymem(name, "nginx-ffi.", sizeof("nginx-ffi.") - 1),
+                  rnd, sizeof(rnd)) = '\0';
+
+    fd = -1;
+
+    if (mkdirat(parent, (char *) name, 0700) == -1
+        || (fd = openat(parent, (char *) name,
+                        O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
+           == -1
+        || (uid != geteuid() && fchown(fd, uid, ccf->group) == -1))
+    {
+        ngx_snprintf(err, sizeof(err), "cannot make \"%s\" for the workers' "
+                     "user: %s%Z", name, strerror(errno));
+        if (fd != -1) {
+            (void) close(fd);
+            (void) unlinkat(parent, (char *) name, AT_REMOVEDIR);
+        }
+        (void) close(parent);
+        goto failed;
+    }
+
+    (void) close(fd);
+    (void) close(parent);
+
+    *ngx_snprintf(ngx_http_lua_ffi_shadow_dir, NGX_HTTP_LUA_FFI_PATHLEN - 1,
+                  "%s/%s", real[0] ? real : (u_char *) "", name) = '\0';
+    ngx_http_lua_ffi_shadow_uid = uid;
+
+check:
+
+    fd = ngx_http_lua_ffi_shadow_dir_open(err, sizeof(err));
+    if (fd == -1) {
+        goto failed;
+    }
+
+    (void) close(fd);
+
     return NGX_OK;
+
+failed:
+
+    ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "ffi: shadow folder in "
+                  "\"%V\" (ffi_shadow_path): %s", &fmcf->shadow_path, err);
+
+    return NGX_ERROR;
 }
 
+
+/* In the master at exit: the copies and the folder go. */
 
 void
 ngx_http_lua_ffi_shadow_cleanup(ngx_cycle_t *cycle)
 {
-    u_char      path[NGX_HTTP_LUA_FFI_PATHLEN + 256];
-    ngx_dir_t   dir;
-    ngx_str_t   name;
+    int             fd;
+    DIR            *dir;
+    u_char          err[NGX_HTTP_LUA_FFI_ERRLEN];
+    struct dirent  *de;
 
     if (ngx_http_lua_ffi_shadow_dir[0] == '\0') {
         return;
     }
 
-    name.data = ngx_http_lua_ffi_shadow_dir;
-    name.len = ngx_strlen(ngx_http_lua_ffi_shadow_dir);
-
-    if (ngx_open_dir(&name, &dir) == NGX_OK) {
-        while (ngx_read_dir(&dir) == NGX_OK) {
-            if (ngx_de_name(&dir)[0] == '.') {
-                continue;
-            }
-
-            *ngx_snprintf(path, sizeof(path) - 1, "%s/%s",
-                          ngx_http_lua_ffi_shadow_dir,
-                          ngx_de_name(&dir)) = '\0';
-            (void) unlink((char *) path);
-        }
-
-        (void) ngx_close_dir(&dir);
+    fd = ngx_http_lua_ffi_shadow_dir_open(err, sizeof(err));
+    if (fd == -1) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "ffi: %s", err);
+        return;
     }
 
-    (void) rmdir((char *) ngx_http_lua_ffi_shadow_dir);
+    dir = fdopendir(fd);
+    if (dir == NULL) {
+        (void) close(fd);
+        return;
+    }
+
+    while ((de = readdir(dir)) != NULL) {
+        if (ngx_strcmp(de->d_name, ".") != 0
+            && ngx_strcmp(de->d_name, "..") != 0)
+        {
+            (void) unlinkat(dirfd(dir), de->d_name, 0);
+        }
+    }
+
+    (void) closedir(dir);
+
+    if (rmdir((char *) ngx_http_lua_ffi_shadow_dir) == -1) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, ngx_errno,
+                      "ffi: rmdir(\"%s\") failed",
+                      ngx_http_lua_ffi_shadow_dir);
+    }
+
+    ngx_http_lua_ffi_shadow_dir[0] = '\0';
 }
 
 
@@ -117,20 +246,24 @@ ngx_http_lua_ffi_search_dir(u_char *dir, size_t dlen, ngx_str_t *file,
 /*
  * Short names ("demo" -> libdemo.so) and bare file names are searched in
  * ffi_library_path, then LD_LIBRARY_PATH; a name with a slash is a path.
- * The result is the real path: the library's identity in the registry.
+ * The result is the real path, the library's identity in the registry,
+ * found by the same checked walk that every load makes: a symlink on the
+ * way that someone else owns, or a folder someone else may write to, is
+ * refused here already.
  */
 
 ngx_int_t
 ngx_http_lua_ffi_library_resolve(ngx_str_t *name, ngx_str_t *path,
     u_char *err, size_t errlen)
 {
-    u_char                        *p, *q, *env, *last;
+    int                            fd, dir;
+    u_char                        *p, *q, *env, *last, *base;
     u_char                         file_buf[NGX_HTTP_LUA_FFI_NAMELEN + 8];
     u_char                         buf[NGX_HTTP_LUA_FFI_PATHLEN];
-    ngx_str_t                      file, *dir;
+    ngx_str_t                      file, *dirs;
     ngx_uint_t                     i, found;
     ngx_http_lua_ffi_main_conf_t  *fmcf;
-    static u_char                  real[PATH_MAX];
+    static u_char                  real[NGX_HTTP_LUA_FFI_PATHLEN];
 
     if (name->len == 0 || name->len >= NGX_HTTP_LUA_FFI_NAMELEN
         || ngx_strlchr(name->data, name->data + name->len, '\0'))
@@ -168,10 +301,10 @@ ngx_http_lua_ffi_library_resolve(ngx_str_t *name, ngx_str_t *path,
                                                ngx_http_lua_ffi_module);
 
     if (fmcf->library_path) {
-        dir = fmcf->library_path->elts;
+        dirs = fmcf->library_path->elts;
 
         for (i = 0; i < fmcf->library_path->nelts; i++) {
-            if (ngx_http_lua_ffi_search_dir(dir[i].data, dir[i].len, &file,
+            if (ngx_http_lua_ffi_search_dir(dirs[i].data, dirs[i].len, &file,
                                             buf)
                 == NGX_OK)
             {
@@ -208,98 +341,23 @@ done:
         return NGX_DECLINED;
     }
 
-    if (realpath((char *) buf, (char *) real) == NULL) {
-        ngx_snprintf(err, errlen, "realpath(\"%s\") failed: %s%Z", buf,
-                     strerror(errno));
+    err[0] = '\0';
+
+    fd = ngx_http_lua_ffi_open_trusted(buf, geteuid(),
+                                       NGX_HTTP_LUA_FFI_WALK_NAME, &dir, real,
+                                       &base, err, errlen);
+    if (fd == -1) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s", err);
         return NGX_ERROR;
     }
+
+    (void) close(fd);
+    (void) close(dir);
 
     path->data = real;
     path->len = ngx_strlen(real);
 
     return NGX_OK;
-}
-
-
-/*
- * Never load code that someone else could have written: not from a folder
- * anyone may write to. For files dropped on a watched path (strict), the
- * file must also belong to root or to the workers' user, and neither the
- * file nor its folder may be writable by group or others.
- */
-
-ngx_int_t
-ngx_http_lua_ffi_file_trusted(ngx_str_t *path, ngx_uint_t strict,
-    u_char *err, size_t errlen)
-{
-    u_char       dir[NGX_HTTP_LUA_FFI_PATHLEN], *slash;
-    struct stat  st, dst;
-
-    if (path->len >= NGX_HTTP_LUA_FFI_PATHLEN) {
-        ngx_snprintf(err, errlen, "path too long%Z");
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(dir, path->data, path->len);
-    dir[path->len] = '\0';
-
-    for (slash = dir + path->len; slash > dir && *slash != '/'; slash--) {
-        /* void */
-    }
-
-    if (*slash != '/') {
-        ngx_snprintf(err, errlen, "\"%V\" is not an absolute path%Z", path);
-        return NGX_ERROR;
-    }
-
-    *(slash == dir ? slash + 1 : slash) = '\0';
-
-    if (stat((char *) dir, &dst) == -1
-        || stat((char *) path->data, &st) == -1)
-    {
-        ngx_snprintf(err, errlen, "cannot stat \"%V\": %s%Z", path,
-                     strerror(errno));
-        return NGX_ERROR;
-    }
-
-    if (dst.st_mode & S_IWOTH) {
-        ngx_snprintf(err, errlen, "not loading \"%V\": its folder \"%s\" "
-                     "is writable by anyone%Z", path, dir);
-        return NGX_ERROR;
-    }
-
-    if (!strict) {
-        return NGX_OK;
-    }
-
-    if (st.st_uid != 0 && st.st_uid != geteuid()) {
-        ngx_snprintf(err, errlen, "not loading \"%V\": owned by uid %d, "
-                     "neither root nor the workers' user%Z", path,
-                     (int) st.st_uid);
-        return NGX_ERROR;
-    }
-
-    if ((st.st_mode | dst.st_mode) & (S_IWGRP | S_IWOTH)) {
-        ngx_snprintf(err, errlen, "not loading \"%V\": it or its folder "
-                     "\"%s\" is writable by group or others%Z", path, dir);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static uint64_t
-ngx_http_lua_ffi_hash(u_char *p, size_t len)
-{
-    uint64_t  h = 0xcbf29ce484222325ULL;
-
-    while (len--) {
-        h ^= *p++;
-        h *= 0x100000001b3ULL;
-    }
-
-    return h;
 }
 
 
@@ -316,16 +374,15 @@ ngx_http_lua_ffi_same_file(struct stat *a, struct stat *b)
 
 
 /*
- * The whole file, or NULL. *busy is set when the file was written to or
- * replaced while we read it: what we got may be half a file, and a newer
- * version is on its way.
+ * The whole file, read from the descriptor that was checked, or NULL.
+ * *busy is set when the file was written to or replaced while we read it:
+ * what we got may be half a file, and a newer version is on its way.
  */
 
 static u_char *
-ngx_http_lua_ffi_read_file(ngx_str_t *path, size_t *size, ngx_uint_t *busy,
-    u_char *err, size_t errlen)
+ngx_http_lua_ffi_read_file(int fd, int dir, u_char *base, u_char *path,
+    size_t *size, ngx_uint_t *busy, u_char *err, size_t errlen)
 {
-    int          fd;
     u_char      *buf, *p;
     ssize_t      n;
     size_t       left;
@@ -333,25 +390,14 @@ ngx_http_lua_ffi_read_file(ngx_str_t *path, size_t *size, ngx_uint_t *busy,
 
     *busy = 0;
 
-    fd = open((char *) path->data, O_RDONLY | O_CLOEXEC);
-    if (fd == -1) {
-        ngx_snprintf(err, errlen, "open(\"%V\") failed: %s%Z", path,
+    if (fstat(fd, &st) == -1) {
+        ngx_snprintf(err, errlen, "fstat(\"%s\") failed: %s%Z", path,
                      strerror(errno));
-        return NULL;
-    }
-
-    if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)
-        || st.st_size > NGX_HTTP_LUA_FFI_MAX_FILE)
-    {
-        ngx_snprintf(err, errlen, "\"%V\" is not a regular file of a "
-                     "sensible size%Z", path);
-        (void) close(fd);
         return NULL;
     }
 
     buf = ngx_alloc(st.st_size ? st.st_size : 1, ngx_cycle->log);
     if (buf == NULL) {
-        (void) close(fd);
         ngx_snprintf(err, errlen, "no memory%Z");
         return NULL;
     }
@@ -370,19 +416,17 @@ ngx_http_lua_ffi_read_file(ngx_str_t *path, size_t *size, ngx_uint_t *busy,
         }
     }
 
-    if (fstat(fd, &after) == -1 || stat((char *) path->data, &now) == -1
+    if (fstat(fd, &after) == -1
+        || fstatat(dir, (char *) base, &now, AT_SYMLINK_NOFOLLOW) == -1
         || !ngx_http_lua_ffi_same_file(&st, &after)
         || !ngx_http_lua_ffi_same_file(&st, &now))
     {
         *busy = 1;
-        ngx_snprintf(err, errlen, "\"%V\" changed while it was read%Z",
+        ngx_snprintf(err, errlen, "\"%s\" changed while it was read%Z",
                      path);
-        (void) close(fd);
         ngx_free(buf);
         return NULL;
     }
-
-    (void) close(fd);
 
     *size = p - buf;
 
@@ -390,14 +434,48 @@ ngx_http_lua_ffi_read_file(ngx_str_t *path, size_t *size, ngx_uint_t *busy,
 }
 
 
-static ngx_int_t
-ngx_http_lua_ffi_write_file(u_char *path, u_char *data, size_t len)
-{
-    int      fd;
-    ssize_t  n;
+/* A new copy of its own in the shadow folder: O_EXCL, a random name. */
 
-    fd = open((char *) path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
+static ngx_int_t
+ngx_http_lua_ffi_write_copy(u_char *base, u_char *data, size_t len,
+    u_char *shadow, u_char *err, size_t errlen)
+{
+    int         dir, fd;
+    u_char      rnd[8], name[NAME_MAX + 1], *p;
+    size_t      blen;
+    ssize_t     n;
+    ngx_uint_t  tries;
+
+    dir = ngx_http_lua_ffi_shadow_dir_open(err, errlen);
+    if (dir == -1) {
+        return NGX_ERROR;
+    }
+
+    blen = ngx_min(ngx_strlen(base), NAME_MAX - 20);
+    fd = -1;
+
+    for (tries = 0; fd == -1 && tries < 8; tries++) {
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t) sizeof(rnd)) {
+            break;
+        }
+
+        p = ngx_cpymem(name, base, blen);
+        *p++ = '.';
+        *ngx_hex_dump(p, rnd, sizeof(rnd)) = '\0';
+
+        fd = openat(dir, (char *) name,
+                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    0500);
+
+        if (fd == -1 && errno != EEXIST) {
+            break;
+        }
+    }
+
     if (fd == -1) {
+        ngx_snprintf(err, errlen, "cannot make a shadow copy in \"%s\": "
+                     "%s%Z", ngx_http_lua_ffi_shadow_dir, strerror(errno));
+        (void) close(dir);
         return NGX_ERROR;
     }
 
@@ -409,30 +487,38 @@ ngx_http_lua_ffi_write_file(u_char *path, u_char *data, size_t len)
         }
 
         if (n <= 0) {
-            (void) close(fd);
-            (void) unlink((char *) path);
-            return NGX_ERROR;
+            break;
         }
 
         data += n;
         len -= n;
     }
 
-    if (close(fd) == -1) {
-        (void) unlink((char *) path);
+    if (close(fd) == -1 || len) {
+        ngx_snprintf(err, errlen, "cannot write shadow copy \"%s/%s\": "
+                     "%s%Z", ngx_http_lua_ffi_shadow_dir, name,
+                     strerror(errno));
+        (void) unlinkat(dir, (char *) name, 0);
+        (void) close(dir);
         return NGX_ERROR;
     }
+
+    (void) close(dir);
+
+    *ngx_snprintf(shadow, NGX_HTTP_LUA_FFI_PATHLEN - 1, "%s/%s",
+                  ngx_http_lua_ffi_shadow_dir, name) = '\0';
 
     return NGX_OK;
 }
 
 
 /*
- * Reads the library file once, checks those very bytes with libelf and
+ * Opens the library by the checked walk, reads it once from that very
+ * descriptor, checks those bytes with libelf, records their SHA-256 and
  * writes them to a new shadow copy: what is checked is what gets mapped,
  * whatever happens to the original file meanwhile. Every copy has a name
- * of its own, even for bytes seen before: dlopen() of a name still open
- * would hand back the old mapping instead of a fresh one.
+ * of its own, even for bytes seen before. The same rules hold for every
+ * load, first load, reload or drop (strict is kept for the callers).
  */
 
 ngx_int_t
@@ -440,17 +526,37 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
     size_t errlen)
 {
-    u_char                       *data, *base, *p;
-    u_char                        tmp[NGX_HTTP_LUA_FFI_PATHLEN + 64];
+    int                           fd, dir;
+    u_char                       *data, *base;
+    u_char                        cpath[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char                        real[NGX_HTTP_LUA_FFI_PATHLEN];
     size_t                        size;
+    ngx_int_t                     rc;
     ngx_uint_t                    busy;
     ngx_http_lua_ffi_elf_info_t   info;
 
-    if (ngx_http_lua_ffi_file_trusted(path, strict, err, errlen) != NGX_OK) {
+    (void) strict;
+
+    if (path->len >= NGX_HTTP_LUA_FFI_PATHLEN) {
+        ngx_snprintf(err, errlen, "path too long%Z");
         return NGX_DECLINED;
     }
 
-    data = ngx_http_lua_ffi_read_file(path, &size, &busy, err, errlen);
+    *ngx_cpymem(cpath, path->data, path->len) = '\0';
+    err[0] = '\0';
+
+    fd = ngx_http_lua_ffi_open_trusted(cpath, geteuid(),
+                                       NGX_HTTP_LUA_FFI_WALK_FILE, &dir, real,
+                                       &base, err, errlen);
+    if (fd == -1) {
+        return NGX_DECLINED;
+    }
+
+    data = ngx_http_lua_ffi_read_file(fd, dir, base, cpath, &size, &busy,
+                                      err, errlen);
+    (void) close(fd);
+    (void) close(dir);
+
     if (data == NULL) {
         return busy ? NGX_AGAIN : NGX_ERROR;
     }
@@ -461,47 +567,117 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
         return NGX_DECLINED;
     }
 
-    v->hash = ngx_http_lua_ffi_hash(data, size);
-    v->pin_reason = info.pin_reason;
-    ngx_memcpy(v->build_id, info.build_id, sizeof(v->build_id));
-
-    base = path->data + path->len;
-    while (base > path->data && base[-1] != '/') {
-        base--;
-    }
-
-    p = ngx_snprintf(v->shadow, NGX_HTTP_LUA_FFI_PATHLEN - 1,
-                     "%s/%*s.%P.%ui", ngx_http_lua_ffi_shadow_dir,
-                     (size_t) (path->data + path->len - base), base, ngx_pid,
-                     ++ngx_http_lua_ffi_shadow_seq);
-    *p = '\0';
-
-    *ngx_snprintf(tmp, sizeof(tmp) - 1, "%s.%P.tmp", v->shadow, ngx_pid) = '\0';
-
-    (void) unlink((char *) tmp);
-
-    if (ngx_http_lua_ffi_write_file(tmp, data, size) != NGX_OK
-        || rename((char *) tmp, (char *) v->shadow) == -1)
-    {
-        ngx_snprintf(err, errlen, "cannot write shadow copy \"%s\": %s%Z",
-                     v->shadow, strerror(errno));
-        (void) unlink((char *) tmp);
+    if (ngx_http_lua_ffi_sha256(data, size, v->sha256) != NGX_OK) {
+        ngx_snprintf(err, errlen, "SHA-256 failed%Z");
         ngx_free(data);
         return NGX_ERROR;
     }
 
+    ngx_memcpy(&v->hash, v->sha256, sizeof(v->hash));
+    v->pin_reason = info.pin_reason;
+    ngx_memcpy(v->build_id, info.build_id, sizeof(v->build_id));
+
+    rc = ngx_http_lua_ffi_write_copy(base, data, size, v->shadow, err,
+                                     errlen);
+
     ngx_free(data);
 
-    return NGX_OK;
+    return rc;
+}
+
+
+static u_char *
+ngx_http_lua_ffi_shadow_base(u_char *shadow)
+{
+    u_char  *base;
+
+    base = (u_char *) ngx_strchr(shadow, '\0');
+
+    while (base > shadow && base[-1] != '/') {
+        base--;
+    }
+
+    return base;
 }
 
 
 void
 ngx_http_lua_ffi_shadow_remove(ngx_http_lua_ffi_version_t *v)
 {
-    if (v->shadow[0]) {
-        (void) unlink((char *) v->shadow);
+    int     dir;
+    u_char  err[NGX_HTTP_LUA_FFI_ERRLEN];
+
+    if (v->shadow[0] == '\0') {
+        return;
     }
+
+    dir = ngx_http_lua_ffi_shadow_dir_open(err, sizeof(err));
+    if (dir == -1) {
+        return;
+    }
+
+    (void) unlinkat(dir, (char *) ngx_http_lua_ffi_shadow_base(v->shadow), 0);
+    (void) close(dir);
+}
+
+
+/*
+ * Opens the version's copy in the shadow folder and proves it is the one
+ * that was checked: a regular file of ours that nobody else may write to,
+ * whose bytes, read from this descriptor, have the SHA-256 recorded in
+ * the shared zone. dlopen() then maps that descriptor's inode through
+ * /proc/self/fd, never a path that could lead elsewhere. The descriptor
+ * stays open while the image is mapped: glibc knows a library by the name
+ * it was opened with, and a reused descriptor number must not name it.
+ */
+
+static int
+ngx_http_lua_ffi_shadow_open(ngx_http_lua_ffi_version_t *v, u_char *err,
+    size_t errlen)
+{
+    int          dir, fd;
+    u_char       md[NGX_HTTP_LUA_FFI_SHA256_LEN];
+    struct stat  st;
+
+    dir = ngx_http_lua_ffi_shadow_dir_open(err, errlen);
+    if (dir == -1) {
+        return -1;
+    }
+
+    fd = openat(dir, (char *) ngx_http_lua_ffi_shadow_base(v->shadow),
+                O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    (void) close(dir);
+
+    if (fd == -1 || fstat(fd, &st) == -1) {
+        ngx_snprintf(err, errlen, "cannot open shadow copy \"%s\": %s%Z",
+                     v->shadow, strerror(errno));
+        if (fd != -1) {
+            (void) close(fd);
+        }
+        return -1;
+    }
+
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()
+        || (st.st_mode & (S_IWGRP | S_IWOTH)))
+    {
+        ngx_snprintf(err, errlen, "shadow copy \"%s\" is not ours: not a "
+                     "regular file of uid %d that only it may write%Z",
+                     v->shadow, (int) geteuid());
+        (void) close(fd);
+        return -1;
+    }
+
+    if (ngx_http_lua_ffi_sha256_fd(fd, st.st_size, md) != NGX_OK
+        || ngx_memcmp(md, v->sha256, sizeof(md)) != 0)
+    {
+        ngx_snprintf(err, errlen, "shadow copy \"%s\" is not the file that "
+                     "was checked (SHA-256 differs): not mapped%Z",
+                     v->shadow);
+        (void) close(fd);
+        return -1;
+    }
+
+    return fd;
 }
 
 
@@ -509,17 +685,36 @@ ngx_http_lua_ffi_image_t *
 ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
 {
-    int                        mode;
+    int                        mode, fd;
     void                      *dl, *init;
+    u_char                     proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
     size_t                     len;
     ngx_http_lua_ffi_image_t  *img;
 
     mode = RTLD_NOW | (lib->is_global ? RTLD_GLOBAL : RTLD_LOCAL);
 
-    dl = dlopen((char *) v->shadow, mode);
+    fd = ngx_http_lua_ffi_shadow_open(v, err, errlen);
+    if (fd == -1) {
+        return NULL;
+    }
+
+    *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
+
+    /* glibc would answer with whatever it already knows by that name */
+    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+    if (dl) {
+        (void) dlclose(dl);
+        (void) close(fd);
+        ngx_snprintf(err, errlen, "\"%s\" already names a mapped library%Z",
+                     proc);
+        return NULL;
+    }
+
+    dl = dlopen((char *) proc, mode);
     if (dl == NULL) {
         ngx_snprintf(err, errlen, "dlopen(\"%V\") failed: %s%Z", &lib->path,
                      dlerror());
+        (void) close(fd);
         return NULL;
     }
 
@@ -527,6 +722,7 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     if (init == NULL) {
         ngx_snprintf(err, errlen, "\"%V\" has no libffi_init%Z", &lib->path);
         (void) dlclose(dl);
+        (void) close(fd);
         return NULL;
     }
 
@@ -536,12 +732,14 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
                      ngx_cycle->log);
     if (img == NULL) {
         (void) dlclose(dl);
+        (void) close(fd);
         ngx_snprintf(err, errlen, "no memory%Z");
         return NULL;
     }
 
     img->library = lib;
     img->dl = dl;
+    img->fd = fd;
     img->init = (int (*)(char *, void *)) init;
     img->shadow = (u_char *) &img[1];
     ngx_memcpy(img->shadow, v->shadow, len + 1);
@@ -556,6 +754,33 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     ngx_queue_insert_tail(&lib->images, &img->link);
 
     return img;
+}
+
+
+/*
+ * dlclose() may leave the library mapped (RTLD_NODELETE, a unique symbol of
+ * C++ or Rust): glibc then still knows it as "/proc/self/fd/N", and N must
+ * never name another copy. Such a descriptor stays open, as the mapping.
+ */
+
+static void
+ngx_http_lua_ffi_image_close_fd(ngx_http_lua_ffi_image_t *img)
+{
+    void    *dl;
+    u_char   proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
+
+    *ngx_sprintf(proc, "/proc/self/fd/%d", img->fd) = '\0';
+
+    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+    if (dl) {
+        (void) dlclose(dl);
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "ffi: \"%V\" version %ui stays mapped after dlclose()",
+                      &img->library->path, img->version);
+        return;
+    }
+
+    (void) close(img->fd);
 }
 
 
@@ -591,6 +816,8 @@ ngx_http_lua_ffi_image_unref(ngx_http_lua_ffi_image_t *img)
                       "ffi: dlclose(\"%V\") failed: %s", &lib->path,
                       dlerror());
     }
+
+    ngx_http_lua_ffi_image_close_fd(img);
 
     if (img == lib->current) {
         lib->current = NULL;

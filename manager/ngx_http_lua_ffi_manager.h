@@ -14,6 +14,7 @@
 
 #define NGX_HTTP_LUA_FFI_PATHLEN   1024
 #define NGX_HTTP_LUA_FFI_NAMELEN   256
+#define NGX_HTTP_LUA_FFI_SHA256_LEN  32
 
 #ifndef NGX_HTTP_UNPROCESSABLE_ENTITY
 #define NGX_HTTP_UNPROCESSABLE_ENTITY  422
@@ -23,12 +24,22 @@
 /* What a worker needs to map one version: agreed on in the shared zone. */
 typedef struct {
     ngx_uint_t        version;
-    uint64_t          hash;
+    uint64_t          hash;        /* sha256's first 8 bytes, for equality */
+    u_char            sha256[NGX_HTTP_LUA_FFI_SHA256_LEN];  /* checked bytes */
     int               pin_reason;
     char              build_id[41];
     u_char            shadow[NGX_HTTP_LUA_FFI_PATHLEN];
 } ngx_http_lua_ffi_version_t;
 
+
+/* trust: what ngx_http_lua_ffi_open_trusted() opens at the end */
+#define NGX_HTTP_LUA_FFI_WALK_FILE    0   /* the file, to read it */
+#define NGX_HTTP_LUA_FFI_WALK_FOLDER  1   /* the path is a folder */
+#define NGX_HTTP_LUA_FFI_WALK_NAME    2   /* only where the name leads */
+
+int ngx_http_lua_ffi_open_trusted(u_char *path, ngx_uid_t uid,
+    ngx_uint_t walk, int *dir, u_char *real, u_char **base, u_char *err,
+    size_t errlen);
 
 /* image */
 ngx_int_t ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
@@ -37,8 +48,6 @@ void ngx_http_lua_ffi_shadow_cleanup(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
     size_t errlen);
-ngx_int_t ngx_http_lua_ffi_file_trusted(ngx_str_t *path, ngx_uint_t strict,
-    u_char *err, size_t errlen);
 void ngx_http_lua_ffi_shadow_remove(ngx_http_lua_ffi_version_t *v);
 ngx_http_lua_ffi_image_t *ngx_http_lua_ffi_image_open(
     ngx_http_lua_ffi_library_t *lib, ngx_http_lua_ffi_version_t *v,
@@ -99,6 +108,13 @@ char *ngx_http_lua_ffi_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* helpers */
 u_char *ngx_http_lua_ffi_json_str(u_char *p, u_char *last, u_char *s,
+    size_t len);
+
+/* digests */
+ngx_int_t ngx_http_lua_ffi_digest_init(ngx_log_t *log);
+ngx_int_t ngx_http_lua_ffi_sha256(u_char *data, size_t len, u_char *md);
+ngx_int_t ngx_http_lua_ffi_sha256_fd(int fd, off_t size, u_char *md);
+u_char *ngx_http_lua_ffi_json_cfg_tag(u_char *p, u_char *last, u_char *cfg,
     size_t len);
 
 

@@ -826,9 +826,13 @@ static u_char *
 ngx_http_lua_ffi_status_runtimes(u_char *p, u_char *last,
     ngx_http_lua_ffi_library_t *lib, ngx_uint_t *live, ngx_uint_t *inflight)
 {
-    ngx_uint_t                   n;
-    ngx_queue_t                 *q;
-    ngx_http_lua_ffi_runtime_t  *rt;
+    ngx_uint_t                     n;
+    ngx_queue_t                   *q;
+    ngx_http_lua_ffi_runtime_t    *rt;
+    ngx_http_lua_ffi_main_conf_t  *fmcf;
+
+    fmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_lua_ffi_module);
 
     p = ngx_slprintf(p, last, "[");
 
@@ -850,8 +854,14 @@ ngx_http_lua_ffi_status_runtimes(u_char *p, u_char *last,
 
         p = ngx_slprintf(p, last, "%s{\"cfg\":", n++ ? "," : "");
 
-        if (rt->has_cfg) {
+        /* cfg holds passwords and connection strings: shown on request */
+
+        if (rt->has_cfg && fmcf->status_cfg) {
             p = ngx_http_lua_ffi_json_str(p, last, rt->cfg.data, rt->cfg.len);
+
+        } else if (rt->has_cfg) {
+            p = ngx_http_lua_ffi_json_cfg_tag(p, last, rt->cfg.data,
+                                              rt->cfg.len);
 
         } else {
             p = ngx_slprintf(p, last, "null");

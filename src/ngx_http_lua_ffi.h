@@ -139,10 +139,11 @@ void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len);
 
 /*
  * The path of the library file the runtime was loaded from (an
- * extension). The host maps a private shadow copy, so dladdr() in the
- * library names the copy; a loader that finds its code next to itself
- * (the Python, Java and Node.js loaders) asks this instead. Valid while
- * the runtime lives; callable from libffi_init on.
+ * extension). The host maps a private shadow copy through the descriptor
+ * it checked, so dladdr() in the library names "/proc/self/fd/N" (and
+ * $ORIGIN in a RUNPATH is no help); a loader that finds its code next to
+ * itself (the Python, Java and Node.js loaders) asks this instead. Valid
+ * while the runtime lives; callable from libffi_init on.
  */
 const char *ngx_http_lua_ffi_library_path(void *tq);
 

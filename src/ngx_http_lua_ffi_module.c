@@ -95,6 +95,13 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
       offsetof(ngx_http_lua_ffi_main_conf_t, shadow_path),
       NULL },
 
+    { ngx_string("ffi_status_cfg"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, status_cfg),
+      NULL },
+
     { ngx_string("ffi_shm_size"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -163,6 +170,7 @@ ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
 
     fmcf->watch = NGX_CONF_UNSET;
     fmcf->trial = NGX_CONF_UNSET;
+    fmcf->status_cfg = NGX_CONF_UNSET;
     fmcf->busy_poll_us = NGX_CONF_UNSET_UINT;
     fmcf->queue_spin_us = NGX_CONF_UNSET_UINT;
     fmcf->watch_delay = NGX_CONF_UNSET_MSEC;
@@ -184,6 +192,7 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(fmcf->watch, 0);
     ngx_conf_init_value(fmcf->trial, 1);
+    ngx_conf_init_value(fmcf->status_cfg, 0);
     ngx_conf_init_uint_value(fmcf->busy_poll_us, 20);
     ngx_conf_init_uint_value(fmcf->queue_spin_us, 20);
     ngx_conf_init_msec_value(fmcf->watch_delay, 300);

@@ -154,6 +154,7 @@ struct ngx_http_lua_ffi_image_s {
     void                         *dl;
     int                         (*init)(char *cfg, void *tq);
     u_char                       *shadow;    /* NUL-terminated path */
+    int                           fd;        /* the copy, open while mapped */
     ngx_uint_t                    version;
     uint64_t                      hash;      /* of the file's bytes */
     char                          build_id[41];
@@ -249,6 +250,7 @@ typedef struct {
     ngx_array_t                  *library_path;  /* of ngx_str_t */
     ngx_flag_t                    watch;
     ngx_flag_t                    trial;
+    ngx_flag_t                    status_cfg;  /* show cfg in /ffi/status */
     ngx_uint_t                    busy_poll_us;
     ngx_uint_t                    queue_spin_us;
     ngx_msec_t                    watch_delay;

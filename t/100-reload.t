@@ -85,7 +85,7 @@ FFITest::start_nginx(workers => 2, config => $config,
                      http_config => 'ffi_close_grace 50ms;',
                      init_worker_by_lua_block => $init_worker);
 ok(FFITest::wait_for_log('cached runtime loaded', 10, 2), 'both workers up');
-my @workers = FFITest::worker_pids();
+my @workers = MBTest::workers(2);      # both forked, not just the first
 
 my ($seen, $pids) = answers('/v', 40);
 is_deeply($seen, { 'true v1' => 40 }, 'v1 serves');

@@ -34,8 +34,9 @@ location = /unload {
 }
 CONF
 
+# runtimes are found in status by their cfg: show it
 FFITest::start_nginx(workers => 1, config => $config,
-                     http_config => 'ffi_close_grace 50ms;');
+                     http_config => 'ffi_close_grace 50ms; ffi_status_cfg on;');
 my ($pid) = workers(1);
 
 sub answers {
