@@ -2,6 +2,7 @@
 # one nginx, concurrency, signals, process bookkeeping; plain nginx + Lua.
 use lib 't/lib';
 use FFITest;
+use Time::HiRes ();
 
 my $config = <<'CONF';
 client_body_buffer_size 2m;
@@ -27,7 +28,13 @@ ok(FFITest::start_nginx(workers => 2, config => $config), 'nginx up');
 
 my ($status, $body) = FFITest::http('GET', '/pid');
 is($status, 200, 'GET /pid answered');
-my @workers = FFITest::worker_pids();
+# the master may still be forking the second worker when the first answers
+my @workers;
+for my $try (1 .. 500) {
+    @workers = FFITest::worker_pids();
+    last if @workers == 2;
+    Time::HiRes::sleep(0.02);
+}
 is(scalar @workers, 2, 'two workers');
 ok((grep { "$_\n" eq $body } @workers), 'a worker answered');
 
