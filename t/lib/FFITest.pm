@@ -64,6 +64,9 @@ my $LUA_MODULES = '/usr/lib/nginx/modules';
 my $DEFAULT_TIMEOUT = 10;
 my $START_TIMEOUT = 10;
 my $STOP_TIMEOUT = 20;
+# under AddressSanitizer (t/memcheck/run.sh) each process scans its memory
+# for leaks after nginx's exit work, in exit(): time on top of the above
+my $LEAK_SCAN_SECS = $ENV{FFI_LEAK_SCAN_SECS} || 0;
 my $LOG_TAIL_LINES = 60;
 
 # the process-wide state of "the" nginx under test
@@ -375,6 +378,42 @@ sub _kill_all {
 }
 
 
+# After a QUIT: nginx must be gone within $STOP_TIMEOUT. Under ASan the
+# deadline stays on what nginx and the module do: each worker must have
+# logged its "exit" (nginx's last word before exit()) or be gone within
+# $STOP_TIMEOUT, and only the leak scans that follow get $LEAK_SCAN_SECS
+# more. A hang in a shutdown still fails at $STOP_TIMEOUT.
+sub _wait_quit {
+    my ($master, $workers) = @_;
+
+    return (wait_exit($master, $STOP_TIMEOUT),
+            "nginx quit within ${STOP_TIMEOUT}s")
+        unless $LEAK_SCAN_SECS;
+
+    my $t0 = time;
+    my $deadline = $t0 + $STOP_TIMEOUT;
+    my %left = map { $_ => 1 } @$workers;
+
+    while (%left && time <= $deadline) {
+        my $log = error_log();
+        for my $pid (keys %left) {
+            delete $left{$pid}
+                if !_alive($pid) || $log =~ /\[notice\] $pid#\d+: exit$/m;
+        }
+        sleep 0.05 if %left;
+    }
+
+    my $name = sprintf("nginx quit: workers at exit within %ds (%.1f s), "
+                       . "then %ds for the leak scan", $STOP_TIMEOUT,
+                       time - $t0, $LEAK_SCAN_SECS);
+
+    return (0, "$name; workers still working: " . join(' ', sort keys %left))
+        if %left;
+
+    return (wait_exit($master, $deadline + $LEAK_SCAN_SECS - time), $name);
+}
+
+
 # Stops nginx gracefully (QUIT), then checks error.log for the crashes and
 # alerts no test may cause. Returns true when nginx quit in time, cleanly.
 # $label (optional) prefixes the names of these two tests.
@@ -385,14 +424,16 @@ sub stop_nginx {
     $label = defined $label ? "$label - " : '';
 
     my $master = $MASTER_PID;
+    my @workers = worker_pids();
     my $allow_alerts = $RUNNING{allow_alerts};
     $MASTER_PID = undef;
     %RUNNING = ();
 
     kill 'QUIT', $master;
-    my $quit = wait_exit($master, $STOP_TIMEOUT);
 
-    Test::More::ok($quit, "${label}nginx quit within ${STOP_TIMEOUT}s")
+    my ($quit, $name) = _wait_quit($master, \@workers);
+
+    Test::More::ok($quit, "${label}$name")
         or Test::More::diag(_log_tail());
 
     # a KILLed master or a stuck quit leaves processes behind
