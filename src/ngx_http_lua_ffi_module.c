@@ -390,6 +390,14 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    /*
+     * The worker's own eventfd is the bridge's until the process ends, not
+     * the cycle's: a runtime thread may answer and wake it after nginx
+     * destroyed the cycle, whose cleanup closes the array, and by then the
+     * number may be another file's. The kernel closes it at the very end.
+     */
+    fmcf->notify_fds[slot] = -1;
+
     if (ngx_http_lua_ffi_manager_init_worker(cycle, fmcf) != NGX_OK) {
         return NGX_ERROR;
     }
