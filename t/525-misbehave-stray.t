@@ -99,8 +99,9 @@ sub strays {
     return $n;
 }
 
-FFITest::start_nginx(workers => 1, config => "lua_check_client_abort on;\n"
-                                             . $config);
+# cfg is redacted in status unless asked for: the runtimes are told by it
+FFITest::start_nginx(workers => 1, http_config => "ffi_status_cfg on;",
+                     config => "lua_check_client_abort on;\n" . $config);
 
 # --- a second answer at once, 1,000 calls in a row
 my ($status, $body) = FFITest::http('GET', '/seq?cmd=twice&n=1000');
@@ -148,7 +149,8 @@ is($lines, 1, 'logged once for the runtime');
 FFITest::stop_nginx('stray answers');
 
 # --- guesses of a task still queued (a fresh worker: tasks are predictable)
-FFITest::start_nginx(workers => 1, config => $config);
+FFITest::start_nginx(workers => 1, http_config => "ffi_status_cfg on;",
+                     config => $config);
 ($status, $body) = FFITest::http('GET', '/early', undef, undef, 30);
 is($body, "forge: true forged\nrelease: true released\ntrue P\n"
           . "true victim\ntrue behind\ntrue after\n",
