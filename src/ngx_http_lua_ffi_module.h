@@ -265,6 +265,10 @@ ngx_int_t ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
     ngx_http_lua_ffi_task_t *task);
 void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
 
+/* log: runtime lines, written on the event loop */
+void ngx_http_lua_ffi_log_flush(void);
+ngx_uint_t ngx_http_lua_ffi_log_dropped(void);
+
 /* registry: manager/ */
 ngx_http_lua_ffi_handle_t *ngx_http_lua_ffi_registry_load(ngx_str_t *lib,
     ngx_str_t *cfg, ngx_uint_t max_queue, ngx_uint_t flags,

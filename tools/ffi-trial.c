@@ -91,6 +91,84 @@ ngx_http_lua_ffi_library_path(void *tq)
 }
 
 
+/*
+ * The runtime services, so that a library that resolves them in
+ * libffi_init passes its trial: log lines go to our stderr (the worker's
+ * error.log), shared dicts do not exist here (ENODICT, -1).
+ */
+
+int
+ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len)
+{
+    (void) tq;
+
+    if (level < 1 || level > 8 || msg == NULL || len < 0) {
+        return -1;
+    }
+
+    fprintf(stderr, "ffi-trial: %s: %.*s\n", trial_library,
+            len ? len : (int) strlen(msg), msg);
+
+    return 0;
+}
+
+
+int
+ngx_http_lua_ffi_dict_get(void *tq, const char *dict, const char *key,
+    int key_len, char **val, int *val_len)
+{
+    (void) tq;
+    (void) dict;
+    (void) key;
+    (void) key_len;
+
+    if (val) {
+        *val = NULL;
+    }
+
+    if (val_len) {
+        *val_len = 0;
+    }
+
+    return -1;
+}
+
+
+int
+ngx_http_lua_ffi_dict_set(void *tq, const char *dict, const char *key,
+    int key_len, const char *val, int val_len, double exptime)
+{
+    (void) tq;
+    (void) dict;
+    (void) key;
+    (void) key_len;
+    (void) val;
+    (void) val_len;
+    (void) exptime;
+
+    return -1;
+}
+
+
+int
+ngx_http_lua_ffi_dict_incr(void *tq, const char *dict, const char *key,
+    int key_len, double by, double init, double *result)
+{
+    (void) tq;
+    (void) dict;
+    (void) key;
+    (void) key_len;
+    (void) by;
+    (void) init;
+
+    if (result) {
+        *result = 0;
+    }
+
+    return -1;
+}
+
+
 int
 main(int argc, char **argv)
 {
