@@ -172,3 +172,15 @@ sub wait_key {
     }
     return 'never done';
 }
+
+
+# --- the trial process provides the services too: a library that uses
+# them in libffi_init passes its trial (its lines go to the trial's stderr)
+{
+    my $repo = FFITest::repo();
+    my $lib = "$repo/t/lib/runtimes/libffi_services.so";
+    my $out = `$repo/build/ffi-trial $lib $lib initlog 2>&1`;
+    like($out, qr/^ffi-trial: \Q$lib\E: hello from libffi_init$/m,
+         'trial: the log line on stderr');
+    like($out, qr/^ok$/m, 'trial: ok');
+}
