@@ -34,7 +34,8 @@
  *   setbig:DICT:KEY:N             sets N bytes of 'v', no expiry
  *   del:DICT:KEY                  set with val NULL
  *
- * cfg "initlog" logs one warn line from libffi_init.
+ * cfg "initlog" logs one warn line from libffi_init; "initfail" logs why
+ * and fails (returns 3).
  */
 
 typedef struct {
@@ -402,6 +403,11 @@ libffi_init(char *cfg, void *tq)
 
     if (cfg && strstr(cfg, "initlog")) {
         ngx_http_lua_ffi_log(tq, 5, "hello from libffi_init", 0);
+    }
+
+    if (cfg && strstr(cfg, "initfail")) {
+        ngx_http_lua_ffi_log(tq, 4, "libffi_init fails: initfail", 0);
+        return 3;
     }
 
     pthread_attr_init(&attr);
