@@ -126,7 +126,7 @@ ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len)
     p = ngx_cpymem(p, &rec, sizeof(rec));
     p = ngx_cpymem(p, name, name_len);
     ngx_memcpy(p, msg, len);
-    st->used = used + need;
+    __atomic_store_n(&st->used, used + need, __ATOMIC_RELAXED);
 
     (void) pthread_mutex_unlock(&st->mutex);
 
@@ -139,7 +139,12 @@ ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len)
 }
 
 
-/* On the event loop: writes every line taken so far, in order. */
+/*
+ * On the event loop: writes every line taken so far, in order. Runs on
+ * each wakeup of the worker's eventfd, so an empty buffer costs no lock:
+ * a line that lands after the look below was preceded by a wakeup of its
+ * own (the first line of a burst writes to the eventfd after the unlock).
+ */
 
 void
 ngx_http_lua_ffi_log_flush(void)
@@ -150,6 +155,10 @@ ngx_http_lua_ffi_log_flush(void)
     ngx_http_lua_ffi_log_rec_t     rec;
     ngx_http_lua_ffi_log_state_t  *st = &ngx_http_lua_ffi_log_state;
 
+    if (__atomic_load_n(&st->used, __ATOMIC_RELAXED) == 0) {
+        return;
+    }
+
     (void) pthread_mutex_lock(&st->mutex);
 
     used = st->used;
@@ -157,7 +166,7 @@ ngx_http_lua_ffi_log_flush(void)
 
     if (used) {
         st->fill ^= 1;
-        st->used = 0;
+        __atomic_store_n(&st->used, 0, __ATOMIC_RELAXED);
     }
 
     (void) pthread_mutex_unlock(&st->mutex);
