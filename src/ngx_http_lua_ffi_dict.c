@@ -34,15 +34,6 @@
 #define NGX_HTTP_LUA_FFI_DICT_EVICT       30
 
 
-/* lua-nginx-module's per-zone wrapper (ngx_http_lua_api.c) */
-typedef struct {
-    ngx_log_t                    *log;
-    void                         *lmcf;
-    ngx_cycle_t                  *cycle;
-    ngx_shm_zone_t                zone;
-} ngx_http_lua_ffi_dict_zone_ctx_t;
-
-
 static ngx_http_lua_shdict_ctx_t *
 ngx_http_lua_ffi_dict_find(const char *name)
 {
@@ -50,7 +41,7 @@ ngx_http_lua_ffi_dict_find(const char *name)
     ngx_uint_t                         i;
     ngx_shm_zone_t                    *zone;
     ngx_list_part_t                   *part;
-    ngx_http_lua_ffi_dict_zone_ctx_t  *ctx;
+    ngx_http_lua_shm_zone_ctx_t       *ctx;
 
     if (name == NULL) {
         return NULL;
@@ -80,7 +71,11 @@ ngx_http_lua_ffi_dict_find(const char *name)
             continue;
         }
 
-        /* only lua_shared_dict zones: other zones hold other data */
+        /*
+         * only lua_shared_dict zones: others hold other data. Every zone
+         * lua-nginx-module adds carries its wrapper, with the zone as
+         * lua_shared_dict set it up inside.
+         */
         if (zone[i].tag != &ngx_http_lua_module || zone[i].data == NULL) {
             return NULL;
         }
