@@ -7,8 +7,9 @@
 
 
 static ngx_http_lua_ffi_runtime_t *ngx_http_lua_ffi_runtime_start(
-    ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg, ngx_uint_t has_cfg,
-    ngx_uint_t max_queue, int *rc, u_char *err, size_t errlen);
+    ngx_http_lua_ffi_image_t *img, ngx_uint_t generation, ngx_str_t *cfg,
+    ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
+    size_t errlen);
 static void ngx_http_lua_ffi_runtime_check(ngx_http_lua_ffi_runtime_t *rt);
 static void ngx_http_lua_ffi_runtime_reap(ngx_event_t *ev);
 static void ngx_http_lua_ffi_image_drop(ngx_http_lua_ffi_image_t *img);
@@ -251,8 +252,8 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
         return NULL;
     }
 
-    rt = ngx_http_lua_ffi_runtime_start(img, cfg, has_cfg, max_queue, rc,
-                                        err, errlen);
+    rt = ngx_http_lua_ffi_runtime_start(img, lib->version, cfg, has_cfg,
+                                        max_queue, rc, err, errlen);
     if (rt == NULL) {
         ngx_free(h);
         return NULL;
@@ -276,10 +277,12 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
 }
 
 
+/* generation: the version the runtime serves as, known to its log lines */
+
 static ngx_http_lua_ffi_runtime_t *
-ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
-    ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
-    size_t errlen)
+ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img,
+    ngx_uint_t generation, ngx_str_t *cfg, ngx_uint_t has_cfg,
+    ngx_uint_t max_queue, int *rc, u_char *err, size_t errlen)
 {
     int                          n;
     char                        *c;
@@ -317,7 +320,7 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
     rt->reaper.data = rt;
     rt->reaper.log = ngx_cycle->log;
     rt->reaper.cancelable = 1;
-    rt->generation = img->library->version;
+    rt->generation = generation;
     rt->started = ngx_current_msec;
     rt->state = NGX_HTTP_LUA_FFI_RT_STARTING;
 
@@ -564,15 +567,13 @@ ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
     {
         h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
 
-        h->next = ngx_http_lua_ffi_runtime_start(img, &h->cfg, h->has_cfg,
-                                                 h->max_queue, &rc, err,
-                                                 errlen);
+        h->next = ngx_http_lua_ffi_runtime_start(img, v->version, &h->cfg,
+                                                 h->has_cfg, h->max_queue,
+                                                 &rc, err, errlen);
         if (h->next == NULL) {
             ngx_http_lua_ffi_registry_abort(lib);
             return NGX_ERROR;
         }
-
-        h->next->generation = v->version;
     }
 
     return NGX_OK;

@@ -1211,9 +1211,10 @@ ngx_http_lua_ffi_status_publish(void)
 
     p = ngx_slprintf(buf, buf + NGX_HTTP_LUA_FFI_STATUS_MAX,
                      "{\"slot\":%ui,\"pid\":%P,\"inflight\":%ui,"
-                     "\"libraries\":",
+                     "\"log_dropped\":%ui,\"libraries\":",
                      ngx_http_lua_ffi_worker.slot, ngx_pid,
-                     ngx_http_lua_ffi_worker.inflight);
+                     ngx_http_lua_ffi_worker.inflight,
+                     ngx_http_lua_ffi_log_dropped());
     p = ngx_http_lua_ffi_registry_status(p, buf + NGX_HTTP_LUA_FFI_STATUS_MAX
                                             - 1);
     *p++ = '}';

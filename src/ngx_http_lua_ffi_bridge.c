@@ -149,6 +149,9 @@ ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
 
     ngx_http_lua_ffi_bridge_stop_polling();
 
+    /* what runtimes logged while they stopped */
+    ngx_http_lua_ffi_log_flush();
+
     if (w->notify) {
         /* the fd belongs to the master's array: only stop watching it */
         ngx_del_event(w->notify->read, NGX_READ_EVENT, 0);
@@ -255,6 +258,7 @@ ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev)
 {
     ngx_http_lua_ffi_bridge_drain_fd();
     ngx_http_lua_ffi_bridge_process();
+    ngx_http_lua_ffi_log_flush();
 
     /* other workers write here too: reloads and status requests */
     ngx_http_lua_ffi_reload_notified();

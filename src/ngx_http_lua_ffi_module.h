@@ -304,6 +304,10 @@ void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
 /* signal: nginx's handlers run on the event loop thread only */
 ngx_int_t ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle);
 
+/* log: runtime lines, written on the event loop */
+void ngx_http_lua_ffi_log_flush(void);
+ngx_uint_t ngx_http_lua_ffi_log_dropped(void);
+
 /* registry: manager/ */
 ngx_http_lua_ffi_handle_t *ngx_http_lua_ffi_registry_load(ngx_str_t *lib,
     ngx_str_t *cfg, ngx_uint_t max_queue, ngx_uint_t flags,

@@ -91,6 +91,118 @@ ngx_http_lua_ffi_library_path(void *tq)
 }
 
 
+/*
+ * The runtime services, so that a library that resolves them in
+ * libffi_init passes its trial. Log lines are kept and printed to stderr
+ * (the worker's error.log) only when an init fails: they may say why, and
+ * a successful trial adds nothing to the lines the real init will log.
+ * Shared dicts do not exist here (ENODICT, -1).
+ */
+
+#define TRIAL_LOG_MAX  65536
+
+static pthread_mutex_t  trial_log_mutex = PTHREAD_MUTEX_INITIALIZER;
+static char             trial_log[TRIAL_LOG_MAX];
+static size_t           trial_log_len;
+
+
+int
+ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len)
+{
+    int  n;
+
+    (void) tq;
+
+    if (level < 1 || level > 8 || msg == NULL || len < 0) {
+        return -1;
+    }
+
+    pthread_mutex_lock(&trial_log_mutex);
+
+    n = snprintf(trial_log + trial_log_len, TRIAL_LOG_MAX - trial_log_len,
+                 "ffi-trial: %s: %.*s\n", trial_library,
+                 len ? len : (int) strlen(msg), msg);
+
+    if (n < 0 || (size_t) n >= TRIAL_LOG_MAX - trial_log_len) {
+        trial_log[trial_log_len] = '\0';
+        pthread_mutex_unlock(&trial_log_mutex);
+        return -1;
+    }
+
+    trial_log_len += n;
+
+    pthread_mutex_unlock(&trial_log_mutex);
+
+    return 0;
+}
+
+
+static void
+trial_log_print(void)
+{
+    pthread_mutex_lock(&trial_log_mutex);
+    fwrite(trial_log, 1, trial_log_len, stderr);
+    fflush(stderr);
+    pthread_mutex_unlock(&trial_log_mutex);
+}
+
+
+int
+ngx_http_lua_ffi_dict_get(void *tq, const char *dict, const char *key,
+    int key_len, char **val, int *val_len)
+{
+    (void) tq;
+    (void) dict;
+    (void) key;
+    (void) key_len;
+
+    if (val) {
+        *val = NULL;
+    }
+
+    if (val_len) {
+        *val_len = 0;
+    }
+
+    return -1;
+}
+
+
+int
+ngx_http_lua_ffi_dict_set(void *tq, const char *dict, const char *key,
+    int key_len, const char *val, int val_len, double exptime)
+{
+    (void) tq;
+    (void) dict;
+    (void) key;
+    (void) key_len;
+    (void) val;
+    (void) val_len;
+    (void) exptime;
+
+    return -1;
+}
+
+
+int
+ngx_http_lua_ffi_dict_incr(void *tq, const char *dict, const char *key,
+    int key_len, double by, double init, double *result)
+{
+    (void) tq;
+    (void) dict;
+    (void) key;
+    (void) key_len;
+    (void) by;
+    (void) init;
+
+    if (result) {
+        *result = 0;
+    }
+
+    return -1;
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -139,6 +251,7 @@ main(int argc, char **argv)
         pthread_mutex_unlock(&q->mutex);
 
         if (rc != 0) {
+            trial_log_print();
             printf("init %d returned %d\n", i - 3, rc);
             fflush(stdout);
             _exit(0);
