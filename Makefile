@@ -25,6 +25,8 @@ PREFIX ?= /usr/local
 PKG := libnginx-mod-http-lua-ffi
 HELPER_DIR = $(PREFIX)/libexec/$(PKG)
 LIBRARY_DIR = $(PREFIX)/lib/nginx/ffi
+# for ffi_shadow_path: a folder the package owns (removed on purge)
+SHADOW_DIR ?= /var/cache/$(PKG)
 
 CC ?= cc
 HELPER_CFLAGS ?= -O2 -g
@@ -118,10 +120,12 @@ SNIPPET_LINK = $(NGINX_CONF_DIR)/modules-enabled/60-mod-http-lua-ffi.conf
 # everything but the module and its load snippet (debian/rules installs
 # those with dh-sequence-nginx)
 install-files: helpers
-	install -d -m 0755 $(DESTDIR)$(LIBRARY_DIR)
+	install -d -m 0755 $(DESTDIR)$(LIBRARY_DIR) $(DESTDIR)$(SHADOW_DIR)
 	install -D -m 0755 $(BUILD)/ffi-trial $(DESTDIR)$(HELPER_DIR)/ffi-trial
 	install -D -m 0755 $(BUILD)/ffi-elf-check \
 	  $(DESTDIR)$(PREFIX)/bin/ffi-elf-check
+	install -D -m 0644 mk/ffi-elf-check.1 \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/ffi-elf-check.1
 	install -D -m 0644 lua/resty_ffi.lua $(DESTDIR)$(LUA_DIR)/resty_ffi.lua
 	install -D -m 0644 src/ngx_http_lua_ffi.h \
 	  $(DESTDIR)$(INCLUDE_DIR)/ngx_http_lua_ffi.h
@@ -143,11 +147,12 @@ uninstall:
 	  $(DESTDIR)$(SNIPPET_DIR)/mod-http-lua-ffi.conf \
 	  $(DESTDIR)$(MODULE_DIR)/ngx_http_lua_ffi_module.so \
 	  $(DESTDIR)$(HELPER_DIR)/ffi-trial $(DESTDIR)$(PREFIX)/bin/ffi-elf-check \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/ffi-elf-check.1 \
 	  $(DESTDIR)$(LUA_DIR)/resty_ffi.lua \
 	  $(DESTDIR)$(INCLUDE_DIR)/ngx_http_lua_ffi.h
 	rm -rf $(DESTDIR)$(DOCDIR)
 	-rmdir $(DESTDIR)$(HELPER_DIR) $(DESTDIR)$(INCLUDE_DIR) \
-	  $(DESTDIR)$(LIBRARY_DIR) 2>/dev/null
+	  $(DESTDIR)$(LIBRARY_DIR) $(DESTDIR)$(SHADOW_DIR) 2>/dev/null
 
 DEPS_DEB := build-essential debhelper nginx-dev libnginx-mod-http-ndk lintian
 
