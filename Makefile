@@ -162,10 +162,12 @@ deb: deps $(LUA_SRC)/.version
 	@sh mk/deps.sh $(DEPS_BUILD) $(DEPS_DEB)
 	bash mk/deb.sh $(LUA_SRC)
 
-# installs the package with apt-get, runs Debian's nginx with it as
-# www-data, purges it (t/deb/run.sh; restores the machine)
+# make install into a DESTDIR and back (t/deb/install.sh); the package
+# installed with apt-get, Debian's nginx running it as www-data, purge
+# (t/deb/run.sh; the machine is restored)
 test-deb: deb
 	@sh mk/deps.sh $(DEPS_TEST)
+	bash t/deb/install.sh
 	bash t/deb/run.sh
 
 # ---- examples in other languages (CONTRACT section 7) ----
@@ -232,8 +234,8 @@ test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/misbehave
 
 # the whole suite: the fuzzers for a bounded time, every test file, then
-# the soak (1,000,000 calls, 1,000 reloads) and the whole suite again with
-# the module under AddressSanitizer
+# the soak (1,000,000 calls, 1,000 reloads), the whole suite again with
+# the module under AddressSanitizer, and the Debian package (test-deb)
 TEST_FUZZ_SECONDS ?= 10
 
 test: all examples
@@ -243,6 +245,7 @@ test: all examples
 	prove -r t/
 	FFI_SOAK=1 prove t/590-soak.t
 	FFI_MEMCHECK_ALL=1 bash t/memcheck/run.sh
+	$(MAKE) -s test-deb
 
 soak: all
 	@sh mk/deps.sh $(DEPS_TEST)
