@@ -164,7 +164,12 @@ base="http://127.0.0.1:$port"
 ok "/usr/sbin/nginx with /etc/nginx/nginx.conf (master $master)"
 
 [ "$(curl -s "$base/echo?msg=hello")" = hello ] || fail "call demo:echo"
-ok "a call: hello"
+ok "a call: hello (libdemo.so found by short name, no ffi_library_path)"
+
+if tail -c +"$((errlog_start + 1))" $ERRLOG | grep 'without a trial'; then
+    fail "the module did not find its ffi-trial"
+fi
+ok "the module runs its installed ffi-trial"
 
 workers=$(ps -o user= --ppid "$master" | sort -u)
 [ "$workers" = www-data ] || fail "workers run as '$workers'"
