@@ -40,7 +40,7 @@ cleanup() {
         kill -QUIT "$master" 2>/dev/null || true
         wait_gone "$master" || kill -KILL "$master" 2>/dev/null || true
     fi
-    rm -f "$SITE" "$LIBDIR/libdemo.so"
+    rm -f "$SITE" "$LIBDIR/libdemo.so" "$LIBDIR/libcrash.so"
     if [ -n "$moved_default" ]; then
         mv "$work/default" /etc/nginx/sites-enabled/default
     fi
@@ -92,6 +92,10 @@ cc -O2 -fPIC -shared -pthread -Wl,--build-id=0x1111111111111111 -o "$work/libdem
 cc -O2 -fPIC -shared -pthread -Wl,--build-id=0x2222222222222222 -o "$work/libdemo-2.so" \
     examples/c/demo.c
 
+# a constructor that crashes: only the trial process may run it
+cc -O2 -fPIC -shared -pthread -DVERSION='"crash"' -DCRASH_CTOR \
+    -o "$work/libcrash.so" t/lib/reload/libver.c
+
 for d in /var/lib/nginx/*/; do
     echo "$(stat -c %U:%G "$d") $d"
 done >"$work/owners"
@@ -129,6 +133,7 @@ ok "ffi-elf-check accepts the demo"
 # ---- Debian's nginx, stock nginx.conf, one site ----
 
 install -m 0644 "$work/libdemo-1.so" $LIBDIR/libdemo.so
+install -m 0644 "$work/libcrash.so" $LIBDIR/libcrash.so
 port=$(free_port)
 cat >"$SITE" <<EOF
 # written by t/deb/run.sh (lua-resty-ffi for nginx), removed at its end
@@ -140,6 +145,13 @@ server {
     listen 127.0.0.1:$port;
 
     location /ffi/ { ffi_admin; allow 127.0.0.1; deny all; }
+
+    location /crash {
+        content_by_lua_block {
+            local rt, err = ngx.load_ffi("crash")
+            ngx.say(rt and "loaded" or err)
+        }
+    }
 
     location /echo {
         content_by_lua_block {
@@ -166,10 +178,13 @@ ok "/usr/sbin/nginx with /etc/nginx/nginx.conf (master $master)"
 [ "$(curl -s "$base/echo?msg=hello")" = hello ] || fail "call demo:echo"
 ok "a call: hello (libdemo.so found by short name, no ffi_library_path)"
 
-if tail -c +"$((errlog_start + 1))" $ERRLOG | grep 'without a trial'; then
-    fail "the module did not find its ffi-trial"
-fi
-ok "the module runs its installed ffi-trial"
+workers=$(ps -o pid= --ppid "$master" | sort)
+body=$(curl -s "$base/crash" || true)
+echo "$body" | grep -q 'crashed (signal 11) .* in a trial process' \
+    || fail "a crashing constructor without the trial: $body"
+[ "$(ps -o pid= --ppid "$master" | sort)" = "$workers" ] \
+    || fail "a worker died"
+ok "the installed ffi-trial runs a crashing constructor, no worker dies"
 
 workers=$(ps -o user= --ppid "$master" | sort -u)
 [ "$workers" = www-data ] || fail "workers run as '$workers'"
@@ -237,7 +252,7 @@ ok "no alert in $ERRLOG"
 
 # ---- purge ----
 
-rm -f "$SITE" $LIBDIR/libdemo.so
+rm -f "$SITE" $LIBDIR/libdemo.so $LIBDIR/libcrash.so
 DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=900 $PKG \
     >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt-get purge"; }
 left=""
