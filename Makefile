@@ -134,14 +134,15 @@ install-files: helpers
 	  examples/c/nginx.conf.in -t $(DESTDIR)$(DOCDIR)/examples/c
 
 install: module install-files
-	install -D -m 0644 $(MODULE) $(DESTDIR)$(MODULE_DIR)/ngx_http_lua_ffi_module.so
+	install -D -m 0644 $(MODULE) \
+	  $(DESTDIR)$(MODULE_DIR)/ngx_http_lua_ffi_module.so
 	install -d -m 0755 $(DESTDIR)$(SNIPPET_DIR) \
 	  $(DESTDIR)$(NGINX_CONF_DIR)/modules-enabled
 	echo 'load_module $(MODULE_DIR)/ngx_http_lua_ffi_module.so;' \
 	  >$(DESTDIR)$(SNIPPET_DIR)/mod-http-lua-ffi.conf
 	ln -sf $(SNIPPET_DIR)/mod-http-lua-ffi.conf $(DESTDIR)$(SNIPPET_LINK)
 
-# libraries an operator put into $(LIBRARY_DIR) stay, and so does the folder
+# libraries an operator put into $(LIBRARY_DIR) stay (the folder with them)
 uninstall:
 	rm -f $(DESTDIR)$(SNIPPET_LINK) \
 	  $(DESTDIR)$(SNIPPET_DIR)/mod-http-lua-ffi.conf \

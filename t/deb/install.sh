@@ -32,8 +32,8 @@ ok "make install DESTDIR PREFIX=$prefix: every file, snippet enabled"
 
 # what the module uses at run time, not the debugging info's source paths
 mod="$dest/module.so"
-objcopy --strip-debug "$dest$prefix/lib/nginx/modules/ngx_http_lua_ffi_module.so" \
-    "$mod"
+objcopy --strip-debug \
+    "$dest$prefix/lib/nginx/modules/ngx_http_lua_ffi_module.so" "$mod"
 strings "$mod" | grep -q "$(pwd)" && fail "a build-tree path in the module"
 helper=$prefix/libexec/libnginx-mod-http-lua-ffi/ffi-trial
 strings "$mod" | grep -qx "$helper" \

@@ -87,10 +87,13 @@ free_port() {   # one nothing listens on (bash's /dev/tcp connect fails)
 
 # ---- a C library, two builds of it ----
 
-cc -O2 -fPIC -shared -pthread -Wl,--build-id=0x1111111111111111 -o "$work/libdemo-1.so" \
-    examples/c/demo.c
-cc -O2 -fPIC -shared -pthread -Wl,--build-id=0x2222222222222222 -o "$work/libdemo-2.so" \
-    examples/c/demo.c
+ID1=1111111111111111
+ID2=2222222222222222
+for v in 1 2; do
+    id=ID$v
+    cc -O2 -fPIC -shared -pthread -Wl,--build-id=0x${!id} \
+        -o "$work/libdemo-$v.so" examples/c/demo.c
+done
 
 # a constructor that crashes: only the trial process may run it
 cc -O2 -fPIC -shared -pthread -DVERSION='"crash"' -DCRASH_CTOR \
@@ -102,7 +105,8 @@ done >"$work/owners"
 
 # ---- install ----
 
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=900 "$deb" \
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o DPkg::Lock::Timeout=900 "$deb" \
     >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt-get install"; }
 dpkg-query -L $PKG | sort >"$work/files"
 ok "apt-get install $deb"
@@ -126,7 +130,7 @@ if strings /usr/lib/nginx/modules/ngx_http_lua_ffi_module.so \
 fi
 ok "module, lua, header, helpers, docs; no build-tree path in the module"
 
-/usr/bin/ffi-elf-check "$work/libdemo-1.so" | grep -q ': ok build-id=1111111111111111' \
+/usr/bin/ffi-elf-check "$work/libdemo-1.so" | grep -q ": ok build-id=$ID1" \
     || fail "ffi-elf-check"
 ok "ffi-elf-check accepts the demo"
 
@@ -212,8 +216,9 @@ ok "a new file dropped into $LIBDIR: version 3 serves"
 status=$(curl -s "$base/ffi/status")
 echo "$status" | grep -q "\"path\":\"$LIBDIR/libdemo.so\"" \
     || fail "status: $status"
-echo "$status" | grep -q '"build_id":"2222222222222222"' || fail "status build_id: $status"
-ok "GET /ffi/status: $LIBDIR/libdemo.so, version 3, build-id 2222222222222222"
+echo "$status" | grep -q "\"build_id\":\"$ID2\"" \
+    || fail "status build_id: $status"
+ok "GET /ffi/status: $LIBDIR/libdemo.so, version 3, build-id $ID2"
 
 old_workers=$(ps -o pid= --ppid "$master")
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin /usr/sbin/nginx -s reload
@@ -253,7 +258,8 @@ ok "no alert in $ERRLOG"
 # ---- purge ----
 
 rm -f "$SITE" $LIBDIR/libdemo.so $LIBDIR/libcrash.so
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=900 $PKG \
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq \
+    -o DPkg::Lock::Timeout=900 $PKG \
     >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt-get purge"; }
 left=""
 while read -r f; do
