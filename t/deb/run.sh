@@ -23,13 +23,11 @@ deb=$(ls "$PWD"/${PKG}_*.deb 2>/dev/null | head -1)
 if dpkg-query -W -f='${Status}' $PKG 2>/dev/null | grep -q installed; then
     fail "$PKG is installed already: the test must not replace it"
 fi
-if [ -f $PIDFILE ] && kill -0 "$(cat $PIDFILE)" 2>/dev/null; then
-    fail "the system's nginx runs ($PIDFILE): stop it for this test"
-fi
 
 work=$(mktemp -d)
 master=""
 moved_default=""
+system_nginx=""
 trap cleanup EXIT
 
 # whatever happens: our nginx stopped, our site and library gone, the
@@ -51,6 +49,13 @@ cleanup() {
     [ -f "$work/owners" ] && while read -r owner dir; do
         [ -d "$dir" ] && chown "$owner" "$dir"
     done <"$work/owners"
+    if [ -n "$system_nginx" ]; then
+        if [ -d /run/systemd/system ]; then
+            systemctl start nginx
+        else
+            /usr/sbin/nginx
+        fi
+    fi
     rm -rf "$work"
     exit $rc
 }
@@ -102,6 +107,18 @@ cc -O2 -fPIC -shared -pthread -DVERSION='"crash"' -DCRASH_CTOR \
 for d in /var/lib/nginx/*/; do
     echo "$(stat -c %U:%G "$d") $d"
 done >"$work/owners"
+
+# the machine's own nginx (a fresh machine starts it when apt installs
+# nginx) is stopped for the test and started again at its end
+if [ -f $PIDFILE ] && kill -0 "$(cat $PIDFILE)" 2>/dev/null; then
+    system_nginx=$(cat $PIDFILE)
+    if [ -d /run/systemd/system ]; then
+        systemctl stop nginx
+    else
+        /usr/sbin/nginx -s quit
+    fi
+    wait_gone "$system_nginx" || fail "the system's nginx did not stop"
+fi
 
 # ---- install ----
 
