@@ -1,5 +1,5 @@
 /*
- * Trying a new image in a short-lived process (build/ffi-trial) before any
+ * Trying a new image in a short-lived process (ffi-trial) before any
  * worker maps it: a crash in a constructor or libffi_init costs no worker.
  */
 
@@ -17,7 +17,11 @@
 extern char **environ;
 
 
-/* ffi-trial lives next to the module: found once, by the module's path */
+/*
+ * ffi-trial is looked for next to the module first (the build tree), then
+ * in the helper folder chosen when the module was configured (a package's
+ * /usr/lib/...): no path of the build tree is compiled in.  Found once.
+ */
 
 static u_char *
 ngx_http_lua_ffi_trial_program(void)
@@ -33,31 +37,39 @@ ngx_http_lua_ffi_trial_program(void)
 
     looked = 1;
 
-    if (dladdr((void *) ngx_http_lua_ffi_trial_program, &info) == 0
-        || info.dli_fname == NULL
-        || ngx_strlen(info.dli_fname) + 16 >= NGX_HTTP_LUA_FFI_PATHLEN)
+    if (dladdr((void *) ngx_http_lua_ffi_trial_program, &info) != 0
+        && info.dli_fname != NULL
+        && ngx_strlen(info.dli_fname) + 16 < NGX_HTTP_LUA_FFI_PATHLEN)
     {
-        return NULL;
+        p = ngx_cpystrn(prog, (u_char *) info.dli_fname,
+                        NGX_HTTP_LUA_FFI_PATHLEN);
+
+        while (p > prog && p[-1] != '/') {
+            p--;
+        }
+
+        ngx_cpystrn(p, (u_char *) "ffi-trial", 10);
+
+        if (access((char *) prog, X_OK) == 0) {
+            return prog;
+        }
     }
 
-    p = ngx_cpystrn(prog, (u_char *) info.dli_fname,
-                    NGX_HTTP_LUA_FFI_PATHLEN);
+#ifdef NGX_HTTP_LUA_FFI_HELPER_DIR
+    ngx_cpystrn(prog, (u_char *) NGX_HTTP_LUA_FFI_HELPER_DIR "/ffi-trial",
+                NGX_HTTP_LUA_FFI_PATHLEN);
 
-    while (p > prog && p[-1] != '/') {
-        p--;
+    if (access((char *) prog, X_OK) == 0) {
+        return prog;
     }
+#endif
 
-    ngx_cpystrn(p, (u_char *) "ffi-trial", 10);
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno,
+                  "ffi: \"%s\" cannot run: new libraries are loaded "
+                  "without a trial", prog);
+    prog[0] = '\0';
 
-    if (access((char *) prog, X_OK) != 0) {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno,
-                      "ffi: \"%s\" cannot run: new libraries are loaded "
-                      "without a trial", prog);
-        prog[0] = '\0';
-        return NULL;
-    }
-
-    return prog;
+    return NULL;
 }
 
 
