@@ -64,8 +64,8 @@ $(LUA_SRC)/.version:
 # the compiled-in install paths: a new PREFIX reconfigures
 $(BUILD)/paths: FORCE
 	@mkdir -p $(BUILD)
-	@echo '$(HELPER_DIR) $(LIBRARY_DIR)' | cmp -s - $@ \
-	  || echo '$(HELPER_DIR) $(LIBRARY_DIR)' >$@
+	@echo '$(HELPER_DIR) $(LIBRARY_DIR) $(SHADOW_DIR)' | cmp -s - $@ \
+	  || echo '$(HELPER_DIR) $(LIBRARY_DIR) $(SHADOW_DIR)' >$@
 
 FORCE:
 
@@ -79,6 +79,7 @@ $(NGX_BUILD)/objs/Makefile: $(LUA_SRC)/.version config $(BUILD)/paths
 	     NGX_LUA_SRC=$(CURDIR)/$(LUA_SRC) \
 	     NGX_LUA_FFI_HELPER_DIR=$(HELPER_DIR) \
 	     NGX_LUA_FFI_LIBRARY_DIR=$(LIBRARY_DIR) \
+	     NGX_LUA_FFI_SHADOW_DIR=$(SHADOW_DIR) \
 	     ./configure "$${NGX_CONF_FLAGS[@]}" \
 	     --with-cc-opt="-g -O2 -fstack-protector-strong -Wformat \
 	       -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2" \

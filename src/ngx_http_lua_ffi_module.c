@@ -207,6 +207,13 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
             tmp = "/tmp";
         }
 
+#ifdef NGX_HTTP_LUA_FFI_SHADOW_DIR
+        /* an installed module writes only where its package owns a folder */
+        if (access(NGX_HTTP_LUA_FFI_SHADOW_DIR, F_OK) == 0) {
+            tmp = NGX_HTTP_LUA_FFI_SHADOW_DIR;
+        }
+#endif
+
         fmcf->shadow_path.len = ngx_strlen(tmp);
         fmcf->shadow_path.data = (u_char *) tmp;
     }

@@ -160,7 +160,6 @@ cat >"$SITE" <<EOF
 # written by t/deb/run.sh (lua-resty-ffi for nginx), removed at its end
 init_by_lua_block { require "resty_ffi" }
 ffi_watch on;
-ffi_shadow_path $SHADOW;
 
 server {
     listen 127.0.0.1:$port;
