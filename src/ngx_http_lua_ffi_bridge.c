@@ -31,6 +31,7 @@ static void ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle,
 
 
 ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
+ngx_http_lua_ffi_hooks_t   ngx_http_lua_ffi_hooks;
 
 /* read by runtime threads: set before any runtime exists */
 static int  ngx_http_lua_ffi_notify_fd = -1;
@@ -242,7 +243,9 @@ ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev)
     ngx_http_lua_ffi_bridge_process();
 
     /* other workers write here too: reloads and status requests */
-    ngx_http_lua_ffi_reload_notified();
+    if (ngx_http_lua_ffi_hooks.notified) {
+        ngx_http_lua_ffi_hooks.notified();
+    }
 }
 
 
@@ -305,7 +308,9 @@ ngx_http_lua_ffi_bridge_process(void)
         next = task->next;
 
         if (task->kind == NGX_HTTP_LUA_FFI_TASK_DRAINED) {
-            ngx_http_lua_ffi_registry_drained(task->runtime);
+            if (ngx_http_lua_ffi_hooks.drained) {
+                ngx_http_lua_ffi_hooks.drained(task->runtime);
+            }
 
         } else {
             ngx_http_lua_ffi_call_complete(task);
@@ -718,7 +723,10 @@ ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task)
     rt->inflight--;
     ngx_queue_remove(&task->inflight);
     ngx_http_lua_ffi_inflight_dec();
-    ngx_http_lua_ffi_registry_answered(rt);
+
+    if (ngx_http_lua_ffi_hooks.answered) {
+        ngx_http_lua_ffi_hooks.answered(rt);
+    }
 
     /* after exit_process began no coroutine may run: answers are dropped */
     if (task->co_ctx == NULL || ngx_http_lua_ffi_worker.exiting) {
