@@ -130,14 +130,17 @@ stop:
 
 # releases of one library for the reload tests
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
-	libver-fail.so libver-crashinit.so libver-crashctor.so)
+	libver-fail.so libver-crashinit.so libver-crashctor.so \
+	libver-noisy.so libver-global.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
 	$(CC) $(CFLAGS_LIB) -shared -Wl,--build-id -DVERSION='"$*"' \
 	  $(if $(filter fail,$*),-DINIT_RC=9) \
 	  $(if $(filter crashinit,$*),-DCRASH_INIT) \
-	  $(if $(filter crashctor,$*),-DCRASH_CTOR) -o $@ $<
+	  $(if $(filter crashctor,$*),-DCRASH_CTOR) \
+	  $(if $(filter noisy,$*),-DNOISY) \
+	  $(if $(filter global,$*),-DNEEDS_GLOBAL) -o $@ $< -ldl
 
 test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/runtimes

@@ -191,7 +191,7 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
 {
     int                         in[2], out[2], status;
     char                       *argv[6];
-    ngx_int_t                   fd;
+    ngx_int_t                   fd, keep;
     u_char                     *prog, line[512], *nl;
     ngx_int_t                   rc;
     ngx_uint_t                  n;
@@ -248,16 +248,19 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
     posix_spawn_file_actions_adddup2(&fa, STDERR_FILENO, STDOUT_FILENO);
     posix_spawn_file_actions_adddup2(&fa, out[1], 3);
 
+    keep = 4;
+
     if (ngx_strncmp(shadow, "/proc/self/fd/", 14) == 0) {
         /* an anonymous image: the trial gets that one descriptor too */
         fd = ngx_atoi(shadow + 14, ngx_strlen(shadow + 14));
         if (fd > 3) {
             posix_spawn_file_actions_adddup2(&fa, fd, 4);
             argv[global ? 2 : 1] = "/proc/self/fd/4";
+            keep = 5;
         }
     }
 
-    posix_spawn_file_actions_addclosefrom_np(&fa, 5);
+    posix_spawn_file_actions_addclosefrom_np(&fa, keep);
 
     rc = posix_spawn(&pid, (char *) prog, &fa, &attr, argv, environ);
 
