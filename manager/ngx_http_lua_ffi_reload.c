@@ -9,6 +9,7 @@
 
 #define NGX_HTTP_LUA_FFI_RETRY_MSEC    10
 #define NGX_HTTP_LUA_FFI_ACK_MSEC      100
+#define NGX_HTTP_LUA_FFI_FOLLOW_MSEC   100
 
 
 /*
@@ -36,7 +37,8 @@
  * alive: the next coordinator takes the turn, and every worker drops what
  * it prepared for a reload whose coordinator is gone (below).
  *
- * Every worker, per library, on every command and every watchdog tick:
+ * Every worker, per library, on every command (and every 100 ms while a
+ * reload is under way or something is prepared here):
  *
  *   state              condition                       next
  *   SERVING(v)         PREPARE(v') of this library     PREPARED(v, v')
@@ -150,7 +152,8 @@ static void ngx_http_lua_ffi_handle_command(void);
 static void ngx_http_lua_ffi_reconcile_all(void);
 static ngx_int_t ngx_http_lua_ffi_reconcile(ngx_http_lua_ffi_library_t *lib,
     ngx_int_t i, u_char *err, size_t errlen);
-static void ngx_http_lua_ffi_watchdog(ngx_event_t *ev);
+static void ngx_http_lua_ffi_follow(void);
+static void ngx_http_lua_ffi_follow_handler(ngx_event_t *ev);
 
 
 /* The coordinator's table: the first row that matches is taken. */
@@ -204,7 +207,7 @@ static ngx_http_lua_ffi_transition_t  ngx_http_lua_ffi_transitions[] = {
 
 
 static ngx_queue_t   ngx_http_lua_ffi_ops;
-static ngx_event_t   ngx_http_lua_ffi_watchdog_ev;
+static ngx_event_t   ngx_http_lua_ffi_follow_ev;
 static ngx_uint_t    ngx_http_lua_ffi_seen_seq;
 
 
@@ -213,12 +216,17 @@ ngx_http_lua_ffi_reload_init(void)
 {
     ngx_queue_init(&ngx_http_lua_ffi_ops);
 
-    ngx_http_lua_ffi_watchdog_ev.handler = ngx_http_lua_ffi_watchdog;
-    ngx_http_lua_ffi_watchdog_ev.log = ngx_cycle->log;
-    ngx_http_lua_ffi_watchdog_ev.cancelable = 1;
+    ngx_http_lua_ffi_follow_ev.handler = ngx_http_lua_ffi_follow_handler;
+    ngx_http_lua_ffi_follow_ev.log = ngx_cycle->log;
+    ngx_http_lua_ffi_follow_ev.cancelable = 1;
 
     ngx_http_lua_ffi_shm_worker_init();
     ngx_http_lua_ffi_seen_seq = ngx_http_lua_ffi_shm->seq;
+
+    if (ngx_http_lua_ffi_shm_alive(ngx_http_lua_ffi_shm->owner)) {
+        /* started during a reload: its commit may come from afar */
+        ngx_http_lua_ffi_follow();
+    }
 
     /* what the bridge tells us, it tells through these */
     ngx_http_lua_ffi_hooks.drained = ngx_http_lua_ffi_registry_drained;
@@ -277,7 +285,12 @@ ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     op->timer.handler = ngx_http_lua_ffi_op_timer;
     op->timer.data = op;
     op->timer.log = ngx_cycle->log;
-    op->timer.cancelable = 1;
+
+    /*
+     * A worker told to exit (nginx -s reload, -s quit) finishes the reload
+     * it coordinates first: every phase is bounded by its deadline.
+     */
+    op->timer.cancelable = 0;
     op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
     op->flags = flags;
     op->name.data = op->name_buf;
@@ -1056,19 +1069,22 @@ ngx_http_lua_ffi_handle_command(void)
             rc = ngx_http_lua_ffi_registry_prepare(library, &v, err,
                                                    sizeof(err));
 
-            if (rc == NGX_OK && library->next
-                && !ngx_http_lua_ffi_watchdog_ev.timer_set)
-            {
-                ngx_add_timer(&ngx_http_lua_ffi_watchdog_ev,
-                              ngx_http_lua_ffi_fmcf->reload_timeout);
-            }
         }
     }
 
+    if (type == NGX_HTTP_LUA_FFI_CMD_PREPARE) {
+        ngx_http_lua_ffi_follow();
+    }
+
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-    sw->acked = seq;
-    sw->rc = rc;
-    ngx_memcpy(sw->err, err, sizeof(err));
+
+    /* a long prepare may outlive our slot (nginx -s reload meanwhile) */
+    if (sw->pid == ngx_pid) {
+        sw->acked = seq;
+        sw->rc = rc;
+        ngx_memcpy(sw->err, err, sizeof(err));
+    }
+
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
@@ -1159,19 +1175,54 @@ ngx_http_lua_ffi_reconcile_all(void)
         waiting |= (lib->next != NULL);
     }
 
-    if (waiting && !ngx_http_lua_ffi_watchdog_ev.timer_set
-        && !ngx_exiting)
-    {
-        ngx_add_timer(&ngx_http_lua_ffi_watchdog_ev,
-                      ngx_http_lua_ffi_fmcf->reload_timeout);
+    if (waiting) {
+        ngx_http_lua_ffi_follow();
+    }
+}
+
+/*
+ * While a reload is under way, or something is prepared here, this worker
+ * also looks by itself: a coordinator of another generation (nginx -s
+ * reload) cannot write our eventfd, and a coordinator that died never
+ * tells. Nothing runs when no reload is under way.
+ */
+
+static void
+ngx_http_lua_ffi_follow(void)
+{
+    if (!ngx_http_lua_ffi_follow_ev.timer_set && !ngx_exiting) {
+        ngx_add_timer(&ngx_http_lua_ffi_follow_ev,
+                      NGX_HTTP_LUA_FFI_FOLLOW_MSEC);
     }
 }
 
 
-/* While something is prepared here: did its coordinator die meanwhile? */
-
 static void
-ngx_http_lua_ffi_watchdog(ngx_event_t *ev)
+ngx_http_lua_ffi_follow_handler(ngx_event_t *ev)
 {
+    ngx_pid_t                    owner;
+    ngx_uint_t                   prepared;
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    ngx_http_lua_ffi_handle_command();
     ngx_http_lua_ffi_reconcile_all();
+
+    prepared = 0;
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.libraries);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.libraries);
+         q = ngx_queue_next(q))
+    {
+        lib = ngx_queue_data(q, ngx_http_lua_ffi_library_t, link);
+        prepared |= (lib->next != NULL);
+    }
+
+    owner = ngx_http_lua_ffi_shm->owner;
+
+    if (prepared || (owner && owner != ngx_pid
+                     && ngx_http_lua_ffi_shm_alive(owner)))
+    {
+        ngx_http_lua_ffi_follow();
+    }
 }

@@ -247,28 +247,44 @@ ver_probe(char *cfg)
 }
 
 
-/* cfg "pause:FILE": sleeps the number of ms in FILE-PID, if it exists */
+/*
+ * cfg "pause:PREFIX": while the file PREFIX-PID.hold-VERSION exists, this
+ * worker's libffi_init of VERSION holds (for 60 s at most), after saying
+ * so in PREFIX-PID.held-VERSION: a test stops a reload in its prepare.
+ */
 static void
 ver_pause(char *cfg)
 {
-    int      fd, ms;
-    char     path[4096], buf[32];
-    ssize_t  n;
+    int     i, fd;
+    char    hold[4096], held[4096];
 
-    snprintf(path, sizeof(path), "%s-%d", cfg + 6, (int) getpid());
-    fd = open(path, O_RDONLY);
-    if (fd == -1) {
+    snprintf(hold, sizeof(hold), "%s-%d.hold-" VERSION, cfg + 6,
+             (int) getpid());
+    snprintf(held, sizeof(held), "%s-%d.held-" VERSION, cfg + 6,
+             (int) getpid());
+
+    if (access(hold, F_OK) != 0) {
         return;
     }
 
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-    ms = atoi(buf);
-
-    if (ms > 0) {
-        usleep(ms * 1000);
+    fd = open(held, O_WRONLY | O_CREAT, 0644);
+    if (fd != -1) {
+        close(fd);
     }
+
+    for (i = 0; i < 6000 && access(hold, F_OK) == 0; i++) {
+        usleep(10000);
+    }
+
+    unlink(held);
+}
+
+
+/* cfg "fail-on-VERSION": that release's libffi_init returns 5 */
+static int
+ver_fails(char *cfg)
+{
+    return cfg && strcmp(cfg, "fail-on-" VERSION) == 0;
 }
 
 
@@ -318,6 +334,10 @@ libffi_init(char *cfg, void *tq)
 
     if (cfg && strncmp(cfg, "pause:", 6) == 0) {
         ver_pause(cfg);
+    }
+
+    if (ver_fails(cfg)) {
+        return 5;
     }
 
 #ifdef CRASH_INIT
