@@ -73,6 +73,7 @@ ngx_int_t ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
     u_char *err, size_t errlen);
 void ngx_http_lua_ffi_shm_add_cfg(ngx_str_t *path, ngx_str_t *cfg,
     ngx_uint_t has_cfg);
+void ngx_http_lua_ffi_shm_release(ngx_str_t *path);
 
 /* ngx.load_ffi's opts.trial = false (the flags of registry_load) */
 #define NGX_HTTP_LUA_FFI_LOAD_NO_TRIAL  0x4

@@ -526,6 +526,11 @@ ngx_http_lua_ffi_registry_unload(ngx_http_lua_ffi_handle_t *h)
     h->unloaded = 1;
     ngx_queue_remove(&h->link);
 
+    if (ngx_queue_empty(&h->library->handles)) {
+        /* this worker holds the library no more: its entry may go */
+        ngx_http_lua_ffi_shm_release(&h->library->path);
+    }
+
     if (h->next) {
         ngx_http_lua_ffi_registry_retire(h->next);
         h->next = NULL;

@@ -252,6 +252,26 @@ ngx_http_lua_ffi_shm_hold_locked(ngx_http_lua_ffi_shm_lib_t *sl)
 }
 
 
+void
+ngx_http_lua_ffi_shm_release(ngx_str_t *path)
+{
+    ngx_int_t   i;
+    ngx_uint_t  slot;
+
+    slot = ngx_http_lua_ffi_worker.slot;
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    i = ngx_http_lua_ffi_shm_find_path(path);
+
+    if (i != NGX_ERROR && slot < 64) {
+        ngx_http_lua_ffi_shm->libs[i].holders &= ~((uint64_t) 1 << slot);
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+}
+
+
 /*
  * An entry no live worker holds (release folders behind a symlink make a
  * new path per deploy) gives its place back, shadow copy included. An

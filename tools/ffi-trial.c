@@ -215,9 +215,13 @@ main(int argc, char **argv)
      * The verdict moves out of the way, closed on exec: a library that
      * opens files gets fd 3, and a helper it execs never holds the verdict.
      */
-    trial_verdict = fcntl(3, F_DUPFD_CLOEXEC, 100);
+    trial_verdict = fcntl(3, F_DUPFD_CLOEXEC, 10);
     if (trial_verdict == -1) {
-        return 2;
+        /* RLIMIT_NOFILE below 10 (worker_rlimit_nofile) */
+        trial_verdict = fcntl(3, F_DUPFD_CLOEXEC, 5);
+        if (trial_verdict == -1) {
+            return 2;
+        }
     }
 
     (void) close(3);
