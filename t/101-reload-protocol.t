@@ -203,4 +203,35 @@ ok($ok, 'every runtime on version 2') or diag explain $s;
 $_->close for $ca, $cb, $coord;
 FFITest::stop_nginx('SIGKILL of the coordinator');
 
+# ---- 5. a respawned worker inherits no previous occupant's answer
+copy(release('v1'), $lib) or die;
+FFITest::start_nginx(config => $config, http_config => $http, workers => 2,
+                     allow_alerts => 1);
+($a, $b) = workers(2);
+$ca = WorkerConn->to_worker($a);
+$cb = WorkerConn->to_worker($b);
+is(t_on($ca, 'fail-on-v2'), "v1\n", 'A loads a cfg that v2 refuses');
+is(t_on($cb, $pause), "v1\n", 'B loads');
+$ca->close;
+install(release('v2'), $lib);
+hold($b, 'v2');
+$cb->send_request('POST', '/ffi/reload?lib=' . escape($lib));
+ok(held($b, 'v2'), 'B, coordinating, holds in its own prepare');
+ok(FFITest::wait_for_log(qr/\[info\] $a#\d+: .*version 2 prepared here: failed/,
+                         20, 1), "A's prepare failed");
+FFITest::signal('KILL', $a);
+($a2) = grep { $_ != $b } workers(2);
+$a2 = undef if $a2 && $a2 == $a;
+ok($a2, 'the master respawned A');
+my $ca2 = WorkerConn->to_worker($a2);
+is($ca2->pid, $a2, 'the new worker in that slot serves');
+release_hold($b, 'v2');
+($st, $body) = $cb->read_response(30);
+is($st, 200, "the reload goes through: A's failure is not the new worker's")
+    or diag $body;
+is(t_on($ca2, 'other'), "v2\n", 'the new worker serves version 2');
+is(t_on($cb, $pause), "v2\n", 'B serves version 2');
+$_->close for $cb, $ca2;
+FFITest::stop_nginx('respawn');
+
 done_testing();
