@@ -55,6 +55,8 @@ ngx_int_t ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
     ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
 ngx_uint_t ngx_http_lua_ffi_registry_prepared(
     ngx_http_lua_ffi_library_t *lib);
+ngx_uint_t ngx_http_lua_ffi_registry_behind(ngx_http_lua_ffi_library_t *lib,
+    ngx_uint_t version);
 void ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib);
@@ -91,6 +93,7 @@ void ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
     u_char *outcome);
 ngx_uint_t ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path);
 ngx_uint_t ngx_http_lua_ffi_shm_watch_actor(ngx_str_t *path);
+ngx_uint_t ngx_http_lua_ffi_shm_drop_pending(ngx_str_t *path);
 ngx_int_t ngx_http_lua_ffi_status_start(
     ngx_http_lua_ffi_reload_done_pt done, void *data);
 void ngx_http_lua_ffi_reload_cancel(void *data);

@@ -648,6 +648,34 @@ ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib)
 }
 
 
+/* Whether some runtime here is not on version (a load made meanwhile). */
+
+ngx_uint_t
+ngx_http_lua_ffi_registry_behind(ngx_http_lua_ffi_library_t *lib,
+    ngx_uint_t version)
+{
+    ngx_queue_t                *q;
+    ngx_http_lua_ffi_handle_t  *h;
+
+    if (lib->version != version) {
+        return 1;
+    }
+
+    for (q = ngx_queue_head(&lib->handles);
+         q != ngx_queue_sentinel(&lib->handles);
+         q = ngx_queue_next(q))
+    {
+        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+
+        if (h->runtime && h->runtime->generation != version) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 /* The version this worker prepared runtimes for, 0: none. */
 
 ngx_uint_t

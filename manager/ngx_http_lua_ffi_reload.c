@@ -1137,7 +1137,9 @@ ngx_http_lua_ffi_reconcile(ngx_http_lua_ffi_library_t *lib, ngx_int_t i,
         ngx_http_lua_ffi_registry_abort(lib);
     }
 
-    if (prepared == cur.version || lib->version != cur.version) {
+    if (prepared == cur.version
+        || ngx_http_lua_ffi_registry_behind(lib, cur.version))
+    {
         return ngx_http_lua_ffi_registry_commit(lib, &cur, err, errlen);
     }
 

@@ -626,6 +626,32 @@ done:
 }
 
 
+/* A drop at path that no worker judged yet. */
+
+ngx_uint_t
+ngx_http_lua_ffi_shm_drop_pending(ngx_str_t *path)
+{
+    u_char      ident[96];
+    ngx_int_t   i;
+    ngx_uint_t  pending;
+
+    pending = 0;
+    ngx_http_lua_ffi_shm_file_ident(path->data, ident, sizeof(ident));
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    i = ngx_http_lua_ffi_shm_find_path(path);
+    if (i != NGX_ERROR) {
+        pending = ngx_strcmp(ident, ngx_http_lua_ffi_shm->libs[i].drop_ident)
+                  != 0;
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    return pending;
+}
+
+
 void
 ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
     u_char *outcome)

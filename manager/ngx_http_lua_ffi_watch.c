@@ -300,6 +300,13 @@ ngx_http_lua_ffi_watch_fire(ngx_event_t *ev)
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
                        "ffi: \"%V\" changed, another worker acts on it",
                        &lib->path);
+
+        /* until it did: the actor may die first, then this one acts */
+        if (ngx_http_lua_ffi_shm_drop_pending(&lib->path)) {
+            ngx_add_timer(&lib->watch_timer,
+                          NGX_HTTP_LUA_FFI_WATCH_RETRY_MSEC);
+        }
+
         return;
     }
 
