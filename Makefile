@@ -38,13 +38,14 @@ DEPS_BUILD := nginx nginx-dev libnginx-mod-http-lua libnginx-mod-http-ndk \
 	lua-resty-core libluajit2-5.1-dev libpcre3-dev libelf-dev dpkg-dev \
 	gcc make binutils
 DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
-	libipc-run-perl curl wrk libasan8
+	libipc-run-perl curl wrk libasan8 spin
 
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])
 
 .PHONY: all deps module demo run stop test test-libs examples clean bench \
-	soak test-memcheck helpers deb install install-files uninstall test-deb \
+	soak test-memcheck model-check helpers deb install install-files \
+	uninstall test-deb \
 	fuzz fuzz-admin
 
 all: deps module demo
@@ -222,14 +223,17 @@ stop:
 
 # releases of one library for the reload tests
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
-	libver-fail.so libver-crashinit.so libver-crashctor.so)
+	libver-fail.so libver-crashinit.so libver-crashctor.so \
+	libver-noisy.so libver-global.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
 	$(CC) $(CFLAGS_LIB) -shared -Wl,--build-id -DVERSION='"$*"' \
 	  $(if $(filter fail,$*),-DINIT_RC=9) \
 	  $(if $(filter crashinit,$*),-DCRASH_INIT) \
-	  $(if $(filter crashctor,$*),-DCRASH_CTOR) -o $@ $<
+	  $(if $(filter crashctor,$*),-DCRASH_CTOR) \
+	  $(if $(filter noisy,$*),-DNOISY) \
+	  $(if $(filter global,$*),-DNEEDS_GLOBAL) -o $@ $< -ldl
 
 test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/runtimes
@@ -242,12 +246,25 @@ TEST_FUZZ_SECONDS ?= 10
 
 test: all examples
 	@sh mk/deps.sh $(DEPS_TEST)
+	$(MAKE) -s model-check
 	$(MAKE) -s test-libs build/ffi-elf-check
 	$(MAKE) -s fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 	prove -r t/
 	FFI_SOAK=1 prove t/590-soak.t
 	FFI_MEMCHECK_ALL=1 bash t/memcheck/run.sh
 	$(MAKE) -s test-deb
+
+# the reload protocol's model (model/reload.pml), checked exhaustively by
+# spin: assertions and invalid end states; any error fails the target
+model-check:
+	@sh mk/deps.sh spin gcc
+	@mkdir -p $(BUILD)/model
+	cd $(BUILD)/model && spin -a $(CURDIR)/model/reload.pml \
+	  && $(CC) -O2 -DSAFETY -DCOLLAPSE -w -o pan pan.c \
+	  && ./pan -m200000 >pan.out 2>&1; status=$$?; \
+	  grep -E 'errors:|states, stored|elapsed' pan.out; \
+	  test $$status = 0 && grep -q 'errors: 0' pan.out \
+	  || { cat pan.out; exit 1; }
 
 soak: all
 	@sh mk/deps.sh $(DEPS_TEST)

@@ -28,6 +28,7 @@ static void ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle,
 
 
 ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
+ngx_http_lua_ffi_hooks_t   ngx_http_lua_ffi_hooks;
 
 /* read by runtime threads: set before any runtime exists */
 static int  ngx_http_lua_ffi_notify_fd = -1;
@@ -261,7 +262,9 @@ ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev)
     ngx_http_lua_ffi_log_flush();
 
     /* other workers write here too: reloads and status requests */
-    ngx_http_lua_ffi_reload_notified();
+    if (ngx_http_lua_ffi_hooks.notified) {
+        ngx_http_lua_ffi_hooks.notified();
+    }
 }
 
 
@@ -332,7 +335,9 @@ ngx_http_lua_ffi_bridge_process(void)
         next = task->next;
 
         if (task->kind == NGX_HTTP_LUA_FFI_TASK_DRAINED) {
-            ngx_http_lua_ffi_registry_drained(task->runtime);
+            if (ngx_http_lua_ffi_hooks.drained) {
+                ngx_http_lua_ffi_hooks.drained(task->runtime);
+            }
 
         } else if (task->kind == NGX_HTTP_LUA_FFI_TASK_STRAY) {
             ngx_http_lua_ffi_task_strays_count();
@@ -657,7 +662,10 @@ ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task)
     rt->inflight--;
     ngx_queue_remove(&task->inflight);
     ngx_http_lua_ffi_inflight_dec();
-    ngx_http_lua_ffi_registry_answered(rt);
+
+    if (ngx_http_lua_ffi_hooks.answered) {
+        ngx_http_lua_ffi_hooks.answered(rt);
+    }
 
     /* after exit_process began no coroutine may run: answers are dropped */
     if (task->co_ctx == NULL || ngx_http_lua_ffi_worker.exiting) {

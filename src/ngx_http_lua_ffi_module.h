@@ -314,16 +314,25 @@ ngx_http_lua_ffi_handle_t *ngx_http_lua_ffi_registry_load(ngx_str_t *lib,
     ngx_msec_t timeout, int *rc, u_char *err, size_t errlen);
 void ngx_http_lua_ffi_registry_unload(ngx_http_lua_ffi_handle_t *h);
 void ngx_http_lua_ffi_registry_release(ngx_http_lua_ffi_handle_t *h);
-void ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt);
-void ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle);
 void ngx_http_lua_ffi_registry_retire(ngx_http_lua_ffi_runtime_t *rt);
 
 #define NGX_HTTP_LUA_FFI_LOAD_GLOBAL   0x1
 #define NGX_HTTP_LUA_FFI_LOAD_UNPIN    0x2
 
-/* reload: manager/, across workers */
-void ngx_http_lua_ffi_reload_notified(void);
+/*
+ * What the layer above hears from the bridge, through handlers it sets at
+ * init (as nginx's event modules set theirs): a retired runtime took its
+ * NULL task, a call was answered, another worker wrote our eventfd. NULL:
+ * nobody listens.
+ */
+typedef struct {
+    void  (*drained)(ngx_http_lua_ffi_runtime_t *rt);
+    void  (*answered)(ngx_http_lua_ffi_runtime_t *rt);
+    void  (*notified)(void);
+} ngx_http_lua_ffi_hooks_t;
+
+extern ngx_http_lua_ffi_hooks_t    ngx_http_lua_ffi_hooks;
 
 
 #endif /* _NGX_HTTP_LUA_FFI_MODULE_H_INCLUDED_ */
