@@ -5,6 +5,7 @@
  */
 
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
 #define NGX_HTTP_LUA_FFI_SHM_LIBS      64
@@ -736,6 +737,9 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
 
         /* one reload at a time, in the whole server: wait our turn */
         if ((ngx_msec_int_t) (op->deadline - ngx_current_msec) <= 0) {
+            ngx_http_lua_ffi_metrics_reload(sh->libs[i].path,
+                                    sh->libs[i].names[0],
+                                    NGX_HTTP_LUA_FFI_RELOAD_REFUSED_BUSY, 0);
             ngx_http_lua_ffi_op_error(op, NGX_HTTP_SERVICE_UNAVAILABLE,
                               (u_char *) "another reload did not finish");
             return;
@@ -869,6 +873,14 @@ failed:
     ngx_memcpy(sl->last_error, op->err, NGX_HTTP_LUA_FFI_ERRLEN);
     sh->owner = 0;
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    ngx_http_lua_ffi_metrics_reload(sl->path, sl->names[0],
+                                    (rc == NGX_BUSY)
+                                    ? NGX_HTTP_LUA_FFI_RELOAD_CONFLICT
+                                    : (rc == NGX_DECLINED)
+                                      ? NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL
+                                      : NGX_HTTP_LUA_FFI_RELOAD_REFUSED_FILE,
+                                    0);
 
     ngx_http_lua_ffi_op_error(op, (rc == NGX_BUSY)
                                   ? NGX_HTTP_CONFLICT
@@ -1054,6 +1066,11 @@ ngx_http_lua_ffi_reload_check(ngx_http_lua_ffi_op_t *op)
                       &op->name, op->v.version,
                       op->changed ? "" : " (same file, runtimes restarted)");
 
+        ngx_http_lua_ffi_metrics_reload(sh->libs[op->lib].path,
+                                        sh->libs[op->lib].names[0],
+                                        NGX_HTTP_LUA_FFI_RELOAD_OK,
+                                        op->v.version);
+
         p = ngx_slprintf(body, body + sizeof(body) - 256, "{\"lib\":");
         p = ngx_http_lua_ffi_json_str(p, body + sizeof(body) - 200,
                                       op->name.data, op->name.len);
@@ -1078,6 +1095,10 @@ ngx_http_lua_ffi_reload_check(ngx_http_lua_ffi_op_t *op)
                    NGX_HTTP_LUA_FFI_ERRLEN);
         sh->owner = 0;
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+        ngx_http_lua_ffi_metrics_reload(sh->libs[op->lib].path,
+                                    sh->libs[op->lib].names[0],
+                                    NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE, 0);
 
         ngx_http_lua_ffi_op_error(op, NGX_HTTP_UNPROCESSABLE_ENTITY, op->err);
         break;

@@ -35,6 +35,14 @@ ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
 /* read by runtime threads: set before any runtime exists */
 static int  ngx_http_lua_ffi_notify_fd = -1;
 
+/* the call-latency histogram's bounds: 10 us to 10 s */
+const uint64_t  ngx_http_lua_ffi_bounds_ns[NGX_HTTP_LUA_FFI_BOUNDS] = {
+    10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, 25000000, 50000000,
+    100000000, 250000000, 500000000,
+    1000000000, 2500000000ULL, 5000000000ULL, 10000000000ULL
+};
+
 
 ngx_int_t
 ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
@@ -219,6 +227,12 @@ ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
     if (!__atomic_compare_exchange_n(&task->state, &expected, expected | 1,
                                      0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     {
+        /* the series of the task's latest call: shared memory, never freed */
+        if (task->metrics) {
+            (void) __atomic_add_fetch(&task->metrics->c.strays, 1,
+                                      __ATOMIC_RELAXED);
+        }
+
         free(rsp);
         return;
     }
@@ -644,6 +658,7 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
         if (rc == NGX_BUSY) {
             rt->failed++;
+            rt->metrics->c.queue_full++;
             *err = "queue full";
 
         } else {
@@ -655,6 +670,11 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
     rt->inflight++;
     rt->calls++;
+    rt->metrics->c.calls++;
+    rt->metrics->inflight++;
+    rt->metrics->queued++;
+    task->metrics = rt->metrics;
+    task->posted_ns = ngx_http_lua_ffi_now_ns();
     ngx_http_lua_ffi_inflight_inc();
     ngx_http_lua_ffi_busy_start();
     ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.calls, &task->inflight);
@@ -688,6 +708,7 @@ ngx_http_lua_ffi_call_cleanup(void *data)
 
     task = coctx->data;
     task->co_ctx = NULL;
+    task->metrics->c.orphaned++;
 
     if (task->timer.timer_set) {
         ngx_del_timer(&task->timer);
@@ -702,6 +723,7 @@ ngx_http_lua_ffi_call_timeout(ngx_event_t *ev)
 
     /* the runtime still owns the task: its late answer is freed */
     task->abandoned = "timeout";
+    task->metrics->c.timeouts++;
     ngx_http_lua_ffi_call_wakeup(task);
 }
 
@@ -716,6 +738,15 @@ ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task)
     }
 
     rt->inflight--;
+    task->metrics->inflight--;
+
+    if (task->rc == 0) {
+        task->metrics->c.ok++;
+
+    } else {
+        task->metrics->c.failed++;
+    }
+
     ngx_queue_remove(&task->inflight);
     ngx_http_lua_ffi_inflight_dec();
     ngx_http_lua_ffi_registry_answered(rt);
@@ -837,6 +868,9 @@ ngx_http_lua_ffi_call_resume(ngx_http_request_t *r)
     nret = ngx_http_lua_ffi_push_results(ctx->cur_co_ctx->co, task);
 
     if (task->abandoned == NULL) {
+        /* post to resume: what the caller waited, queueing included */
+        ngx_http_lua_ffi_counters_observe(&task->metrics->c,
+                                ngx_http_lua_ffi_now_ns() - task->posted_ns);
         ngx_http_lua_ffi_task_free(task);
     }
 
