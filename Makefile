@@ -26,7 +26,7 @@ DEPS_BUILD := nginx nginx-dev libnginx-mod-http-lua libnginx-mod-http-ndk \
 	lua-resty-core libluajit2-5.1-dev libpcre3-dev libelf-dev dpkg-dev \
 	gcc make binutils
 DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
-	libipc-run-perl curl wrk libasan8
+	libipc-run-perl curl wrk libasan8 prometheus
 
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])
