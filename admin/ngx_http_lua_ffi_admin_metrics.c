@@ -167,7 +167,7 @@ ngx_http_lua_ffi_family_head(u_char *p, u_char *last, char *name,
 
 static ngx_uint_t
 ngx_http_lua_ffi_metrics_merge(ngx_http_lua_ffi_msh_t *sh,
-    ngx_http_lua_ffi_mslot_t **series)
+    ngx_http_lua_ffi_mslot_t **series, ngx_http_lua_ffi_mslot_t *retired)
 {
     size_t                     k;
     uint64_t                  *to, *from;
@@ -216,24 +216,13 @@ ngx_http_lua_ffi_metrics_merge(ngx_http_lua_ffi_msh_t *sh,
         series[n++] = a;
     }
 
-    /* the slots of version 0 below live in the copy only */
+    /* version 0: what reclaimed slots of the library had counted */
     for (i = 0; i < sh->nlibs; i++) {
         if (!sh->libs[i].has_retired) {
             continue;
         }
 
-        a = &sh->slots[NGX_HTTP_LUA_FFI_METRICS_SLOTS - 1 - i];
-
-        if (a->state != NGX_HTTP_LUA_FFI_SLOT_FREE) {
-            /* that copy slot is still shown: find a free one */
-            for (j = 0; j < NGX_HTTP_LUA_FFI_METRICS_SLOTS; j++) {
-                if (sh->slots[j].state == NGX_HTTP_LUA_FFI_SLOT_FREE) {
-                    a = &sh->slots[j];
-                    break;
-                }
-            }
-        }
-
+        a = &retired[i];
         ngx_memzero(a, sizeof(ngx_http_lua_ffi_mslot_t));
         a->state = NGX_HTTP_LUA_FFI_SLOT_RETIRED;
         a->lib = i;
@@ -446,10 +435,10 @@ ngx_http_lua_ffi_admin_metrics(ngx_http_request_t *r)
     u_char                     *last;
     ngx_int_t                   rc;
     ngx_buf_t                  *b;
-    ngx_uint_t                  n;
+    ngx_uint_t                  i, n, procs;
     ngx_chain_t                 out;
     ngx_http_lua_ffi_msh_t     *sh;
-    ngx_http_lua_ffi_mslot_t  **series;
+    ngx_http_lua_ffi_mslot_t  **series, *retired;
 
     sh = ngx_http_lua_ffi_metrics_snapshot(r->pool);
     if (sh == NULL) {
@@ -457,16 +446,23 @@ ngx_http_lua_ffi_admin_metrics(ngx_http_request_t *r)
     }
 
     series = ngx_palloc(r->pool, sizeof(ngx_http_lua_ffi_mslot_t *)
-                                 * NGX_HTTP_LUA_FFI_METRICS_SLOTS);
-    if (series == NULL) {
+                                 * (NGX_HTTP_LUA_FFI_METRICS_SLOTS
+                                    + NGX_HTTP_LUA_FFI_METRICS_LIBS));
+    retired = ngx_palloc(r->pool, sizeof(ngx_http_lua_ffi_mslot_t)
+                                  * NGX_HTTP_LUA_FFI_METRICS_LIBS);
+    if (series == NULL || retired == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    n = ngx_http_lua_ffi_metrics_merge(sh, series);
+    n = ngx_http_lua_ffi_metrics_merge(sh, series, retired);
+
+    for (procs = 0, i = 0; i < NGX_HTTP_LUA_FFI_METRICS_PROCS; i++) {
+        procs += (sh->procs[i].pid != 0);
+    }
 
     size = 4096 + n * NGX_HTTP_LUA_FFI_SERIES_BYTES
            + sh->nlibs * NGX_HTTP_LUA_FFI_LIB_BYTES
-           + NGX_HTTP_LUA_FFI_METRICS_PROCS * NGX_HTTP_LUA_FFI_PROC_BYTES;
+           + procs * NGX_HTTP_LUA_FFI_PROC_BYTES;
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {

@@ -561,7 +561,8 @@ ngx_http_lua_ffi_metrics_timer(ngx_event_t *ev)
 
 /*
  * A copy of the whole zone for a scrape to render at leisure: the lock is
- * held for one memcpy, and no worker is asked for anything. The scraping
+ * held for one memcpy (and a kill(pid, 0) per worker process, to retire
+ * the slots of the dead), and no worker is asked for anything. The scraping
  * worker's own gauges are refreshed first, the others' are at most a
  * second old.
  */
@@ -583,6 +584,10 @@ ngx_http_lua_ffi_metrics_snapshot(ngx_pool_t *pool)
     ngx_http_lua_ffi_metrics_refresh();
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_metrics_pool->mutex);
+
+    /* a killed worker not yet replaced: its calls in flight are no more */
+    ngx_http_lua_ffi_metrics_reap_locked();
+
     ngx_memcpy(copy, ngx_http_lua_ffi_metrics_sh,
                sizeof(ngx_http_lua_ffi_metrics_shm_t));
     ngx_shmtx_unlock(&ngx_http_lua_ffi_metrics_pool->mutex);
