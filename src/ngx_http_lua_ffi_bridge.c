@@ -531,7 +531,7 @@ ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
  */
 
 static void
-ngx_http_lua_ffi_busy_start(void)
+ngx_http_lua_ffi_busy_start(uint64_t now)
 {
     ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
 
@@ -539,7 +539,7 @@ ngx_http_lua_ffi_busy_start(void)
         return;
     }
 
-    w->busy_until = ngx_http_lua_ffi_now_ns() + w->busy_poll_ns;
+    w->busy_until = now + w->busy_poll_ns;
 
     if (!w->busy.posted) {
         __atomic_store_n(&w->polling, 1, __ATOMIC_SEQ_CST);
@@ -676,7 +676,9 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     task->metrics = rt->metrics;
     task->posted_ns = ngx_http_lua_ffi_now_ns();
     ngx_http_lua_ffi_inflight_inc();
-    ngx_http_lua_ffi_busy_start();
+
+    /* one clock read a call: the latency's start and busy polling's */
+    ngx_http_lua_ffi_busy_start(task->posted_ns);
     ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.calls, &task->inflight);
 
     ngx_http_lua_cleanup_pending_operation(coctx);
