@@ -4,7 +4,7 @@
 use lib 't/lib';
 use lib 't/lib/misbehave';
 use FFITest;
-use MBTest qw(release install escape reload status);
+use MBTest qw(release install escape reload status workers);
 use Test::More;
 use JSON::PP;
 use File::Copy qw(copy);
@@ -85,7 +85,8 @@ FFITest::start_nginx(workers => 2, config => $config,
                      http_config => 'ffi_close_grace 50ms;',
                      init_worker_by_lua_block => $init_worker);
 ok(FFITest::wait_for_log('cached runtime loaded', 10, 2), 'both workers up');
-my @workers = FFITest::worker_pids();
+# a worker logs from init_worker before nginx retitles it "worker process"
+my @workers = workers(2);
 
 my ($seen, $pids) = answers('/v', 40);
 is_deeply($seen, { 'true v1' => 40 }, 'v1 serves');
