@@ -194,6 +194,8 @@ ngx_http_lua_ffi_metrics_init_worker(ngx_cycle_t *cycle)
 
     ngx_http_lua_ffi_metrics_proc = p;
 
+    /* debug logging of timers reads ev->data (as a connection's fd) */
+    ngx_http_lua_ffi_metrics_ev.data = &ngx_http_lua_ffi_worker;
     ngx_http_lua_ffi_metrics_ev.handler = ngx_http_lua_ffi_metrics_timer;
     ngx_http_lua_ffi_metrics_ev.log = cycle->log;
     ngx_http_lua_ffi_metrics_ev.cancelable = 1;

@@ -24,7 +24,9 @@ location = /v {
 CONF
 
 install(release('v1'), $ver);
-FFITest::start_nginx(workers => 2, config => $config,
+# log_level debug: nginx logs each timer with its event's data, which the
+# metrics refresh timer once left NULL (a worker crash at start)
+FFITest::start_nginx(workers => 2, config => $config, log_level => 'debug',
                      http_config => "ffi_watch on;\nffi_watch_delay 100ms;",
                      init_worker_by_lua_block => <<"LUA");
 assert(ngx.load_ffi("$ver", nil, {unpin = true}))
