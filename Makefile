@@ -38,7 +38,7 @@ DEPS_BUILD := nginx nginx-dev libnginx-mod-http-lua libnginx-mod-http-ndk \
 	lua-resty-core libluajit2-5.1-dev libpcre3-dev libelf-dev dpkg-dev \
 	gcc make binutils
 DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
-	libipc-run-perl curl wrk libasan8 spin
+	libipc-run-perl curl wrk libasan8 spin prometheus
 
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])
@@ -202,6 +202,7 @@ fuzz-admin: build/admin_fuzz
 	@mkdir -p build/admin-fuzz/corpus build/admin-fuzz/seeds
 	@printf '\005reloadlib=demo' >build/admin-fuzz/seeds/reload
 	@printf '\006statusa=1&lib=%%2e%%2e%%2Fx&lib=y' >build/admin-fuzz/seeds/status
+	@printf '\007metrics' >build/admin-fuzz/seeds/metrics
 	./build/admin_fuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 		-artifact_prefix=build/admin-fuzz/ \
 		build/admin-fuzz/corpus build/admin-fuzz/seeds

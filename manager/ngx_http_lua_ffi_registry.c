@@ -4,6 +4,7 @@
  */
 
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
 static ngx_http_lua_ffi_runtime_t *ngx_http_lua_ffi_runtime_start(
@@ -358,6 +359,7 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img,
     rt->state = NGX_HTTP_LUA_FFI_RT_STARTING;
 
     ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.runtimes, &rt->link);
+    rt->metrics = ngx_http_lua_ffi_metrics_attach(img, cfg, has_cfg);
 
     /* libffi_init may keep nothing of cfg: it gets a copy freed after */
     c = NULL;
@@ -500,6 +502,7 @@ ngx_http_lua_ffi_runtime_reap(ngx_event_t *ev)
     ngx_http_lua_ffi_queue_destroy(&rt->queue);
 
     img = rt->image;
+    ngx_http_lua_ffi_metrics_detach(rt->metrics);
     ngx_free(rt);
 
     ngx_http_lua_ffi_image_unref(img);

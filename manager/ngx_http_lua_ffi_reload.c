@@ -5,6 +5,7 @@
  */
 
 #include "ngx_http_lua_ffi_shm.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
 #define NGX_HTTP_LUA_FFI_RETRY_MSEC    10
@@ -105,6 +106,8 @@ struct ngx_http_lua_ffi_op_s {
     ngx_uint_t                        old_version;
     ngx_http_lua_ffi_version_t        old;
     ngx_int_t                         status;    /* of a refusal */
+    ngx_uint_t                        known;     /* lib is set */
+    ngx_uint_t                        trial_failed;
     u_char                            err[NGX_HTTP_LUA_FFI_ERRLEN];
     u_char                            silent[NGX_HTTP_LUA_FFI_ERRLEN];
     u_char                            silent_json[NGX_HTTP_LUA_FFI_ERRLEN];
@@ -487,6 +490,8 @@ ngx_http_lua_ffi_op_turn(ngx_http_lua_ffi_op_t *op)
     }
 
     owner = sh->owner;
+    op->lib = i;
+    op->known = 1;
 
     if ((owner && owner != ngx_pid && ngx_http_lua_ffi_shm_alive(owner))
         || (owner == ngx_pid
@@ -629,6 +634,7 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
         if (rc != NGX_OK) {
             ngx_http_lua_ffi_shadow_remove(&op->v);
             op->status = NGX_HTTP_UNPROCESSABLE_ENTITY;
+            op->trial_failed = 1;
             return NGX_HTTP_LUA_FFI_E_REFUSED;
         }
     }
@@ -803,6 +809,26 @@ ngx_http_lua_ffi_release(ngx_http_lua_ffi_op_t *op, ngx_uint_t failed)
 }
 
 
+/* ffi_reloads_total: each ending of an operation on a known library */
+
+static void
+ngx_http_lua_ffi_op_count(ngx_http_lua_ffi_op_t *op,
+    ngx_http_lua_ffi_reload_outcome_e outcome)
+{
+    ngx_http_lua_ffi_shm_lib_t  *sl;
+
+    if (!op->known) {
+        return;
+    }
+
+    sl = &ngx_http_lua_ffi_shm->libs[op->lib];
+
+    ngx_http_lua_ffi_metrics_reload(sl->path, sl->names[0], outcome,
+                                    outcome == NGX_HTTP_LUA_FFI_RELOAD_OK
+                                    ? op->v.version : 0);
+}
+
+
 static void
 ngx_http_lua_ffi_act_none(ngx_http_lua_ffi_op_t *op)
 {
@@ -812,6 +838,7 @@ ngx_http_lua_ffi_act_none(ngx_http_lua_ffi_op_t *op)
 static void
 ngx_http_lua_ffi_act_busy(ngx_http_lua_ffi_op_t *op)
 {
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_REFUSED_BUSY);
     ngx_http_lua_ffi_op_error(op, NGX_HTTP_SERVICE_UNAVAILABLE,
                               (u_char *) "another reload did not finish");
 }
@@ -837,6 +864,12 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
 
     ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: reload of \"%V\" "
                   "refused: %s", &op->name, op->err);
+
+    ngx_http_lua_ffi_op_count(op, (op->status == NGX_HTTP_CONFLICT)
+                                  ? NGX_HTTP_LUA_FFI_RELOAD_CONFLICT
+                                  : op->trial_failed
+                                    ? NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL
+                                    : NGX_HTTP_LUA_FFI_RELOAD_REFUSED_FILE);
 
     ngx_http_lua_ffi_op_error(op, op->status, op->err);
 }
@@ -923,6 +956,7 @@ ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op)
                   &op->name, op->v.version,
                   op->changed ? "" : " (same file, runtimes restarted)");
 
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_OK);
     ngx_http_lua_ffi_op_body(op, NGX_HTTP_OK);
 }
 
@@ -950,6 +984,8 @@ ngx_http_lua_ffi_act_unconfirmed(ngx_http_lua_ffi_op_t *op)
 
     ngx_http_lua_ffi_release(op, 0);
 
+    /* the new version is current: it serves, unconfirmed workers follow */
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_OK);
     ngx_http_lua_ffi_op_body(op, NGX_HTTP_ACCEPTED);
 }
 
@@ -963,6 +999,7 @@ ngx_http_lua_ffi_act_aborted(ngx_http_lua_ffi_op_t *op)
 
     ngx_http_lua_ffi_release(op, 1);
 
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE);
     ngx_http_lua_ffi_op_error(op, NGX_HTTP_UNPROCESSABLE_ENTITY, op->err);
 }
 

@@ -6,6 +6,7 @@
 #include <sys/inotify.h>
 
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
 #define NGX_HTTP_LUA_FFI_WATCH_DIRS  64
@@ -375,6 +376,7 @@ ngx_http_lua_ffi_watch_done(void *data, ngx_int_t status, u_char *body,
         }
 
         ngx_http_lua_ffi_shm_note_drop(&lib->path, lib->watch_event, outcome);
+        ngx_http_lua_ffi_metrics_drop(&lib->path, status);
     }
 
     if (lib->watch_again) {

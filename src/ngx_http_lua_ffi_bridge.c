@@ -33,6 +33,14 @@ ngx_http_lua_ffi_hooks_t   ngx_http_lua_ffi_hooks;
 /* read by runtime threads: set before any runtime exists */
 static int  ngx_http_lua_ffi_notify_fd = -1;
 
+/* the call-latency histogram's bounds: 10 us to 10 s */
+const uint64_t  ngx_http_lua_ffi_bounds_ns[NGX_HTTP_LUA_FFI_BOUNDS] = {
+    10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, 25000000, 50000000,
+    100000000, 250000000, 500000000,
+    1000000000, 2500000000ULL, 5000000000ULL, 10000000000ULL
+};
+
 
 ngx_int_t
 ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
@@ -237,6 +245,12 @@ ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
                                         0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE))
     {
+        /* the series of the task's latest call: shared memory, never freed */
+        if (task->metrics) {
+            (void) __atomic_add_fetch(&task->metrics->c.strays, 1,
+                                      __ATOMIC_RELAXED);
+        }
+
         free(rsp);
         ngx_http_lua_ffi_task_stray(task, tsk);
         return;
@@ -460,7 +474,7 @@ ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
  */
 
 static void
-ngx_http_lua_ffi_busy_start(void)
+ngx_http_lua_ffi_busy_start(uint64_t now)
 {
     ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
 
@@ -468,7 +482,7 @@ ngx_http_lua_ffi_busy_start(void)
         return;
     }
 
-    w->busy_until = ngx_http_lua_ffi_now_ns() + w->busy_poll_ns;
+    w->busy_until = now + w->busy_poll_ns;
 
     if (!w->busy.posted) {
         __atomic_store_n(&w->polling, 1, __ATOMIC_SEQ_CST);
@@ -585,6 +599,7 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
         if (rc == NGX_BUSY) {
             rt->failed++;
+            rt->metrics->c.queue_full++;
             *err = "queue full";
 
         } else {
@@ -596,8 +611,15 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
     rt->inflight++;
     rt->calls++;
+    rt->metrics->c.calls++;
+    rt->metrics->inflight++;
+    rt->metrics->queued++;
+    task->metrics = rt->metrics;
+    task->posted_ns = ngx_http_lua_ffi_now_ns();
     ngx_http_lua_ffi_inflight_inc();
-    ngx_http_lua_ffi_busy_start();
+
+    /* one clock read a call: the latency's start and busy polling's */
+    ngx_http_lua_ffi_busy_start(task->posted_ns);
     ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.calls, &task->inflight);
 
     ngx_http_lua_cleanup_pending_operation(coctx);
@@ -632,6 +654,7 @@ ngx_http_lua_ffi_call_cleanup(void *data)
 
     task = coctx->data;
     task->co_ctx = NULL;
+    task->metrics->c.orphaned++;
 
     if (task->timer.timer_set) {
         ngx_del_timer(&task->timer);
@@ -646,6 +669,7 @@ ngx_http_lua_ffi_call_timeout(ngx_event_t *ev)
 
     /* the runtime still owns the task: its late answer is freed */
     task->abandoned = "timeout";
+    task->metrics->c.timeouts++;
     ngx_http_lua_ffi_call_wakeup(task);
 }
 
@@ -660,6 +684,15 @@ ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task)
     }
 
     rt->inflight--;
+    task->metrics->inflight--;
+
+    if (task->rc == 0) {
+        task->metrics->c.ok++;
+
+    } else {
+        task->metrics->c.failed++;
+    }
+
     ngx_queue_remove(&task->inflight);
     ngx_http_lua_ffi_inflight_dec();
 
@@ -784,6 +817,9 @@ ngx_http_lua_ffi_call_resume(ngx_http_request_t *r)
     nret = ngx_http_lua_ffi_push_results(ctx->cur_co_ctx->co, task);
 
     if (task->abandoned == NULL) {
+        /* post to resume: what the caller waited, queueing included */
+        ngx_http_lua_ffi_counters_observe(&task->metrics->c,
+                                ngx_http_lua_ffi_now_ns() - task->posted_ns);
         ngx_http_lua_ffi_task_free(task);
     }
 

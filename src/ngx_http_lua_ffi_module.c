@@ -5,6 +5,7 @@
 
 #include "ngx_http_lua_ffi_module.h"
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 #include <sys/eventfd.h>
 
@@ -279,6 +280,10 @@ ngx_http_lua_ffi_postconfiguration(ngx_conf_t *cf)
 
     fmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_lua_ffi_module);
 
+    if (ngx_http_lua_ffi_metrics_add(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_lua_ffi_shm_add(cf, fmcf);
 }
 
@@ -401,6 +406,10 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_lua_ffi_metrics_init_worker(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_lua_ffi_watch_init(cycle) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -463,6 +472,7 @@ ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
     ngx_http_lua_ffi_bridge_stop_polling();
     ngx_http_lua_ffi_watch_exit(cycle);
     ngx_http_lua_ffi_registry_exit(cycle);
+    ngx_http_lua_ffi_metrics_exit_worker(cycle);
     ngx_http_lua_ffi_manager_exit_worker(cycle);
     ngx_http_lua_ffi_bridge_exit(cycle);
 

@@ -14,6 +14,7 @@
 
 #include "ngx_http_lua_common.h"
 #include "ngx_http_lua_ffi.h"
+#include "ngx_http_lua_ffi_counters.h"
 
 
 #define NGX_HTTP_LUA_FFI_API  __attribute__((visibility("default")))
@@ -87,6 +88,9 @@ struct ngx_http_lua_ffi_task_s {
     uintptr_t                     owner_since;   /* its first seq here */
     ngx_uint_t                    prev_rt_id;    /* the runtime before */
     uintptr_t                     prev_owner_since;
+
+    ngx_http_lua_ffi_series_t    *metrics;   /* its runtime's, at post */
+    uint64_t                      posted_ns;
 };
 
 
@@ -130,6 +134,7 @@ struct ngx_http_lua_ffi_runtime_s {
     ngx_uint_t                    inflight;  /* posted, not yet answered */
     ngx_uint_t                    calls;
     ngx_uint_t                    failed;    /* refused: queue full */
+    ngx_http_lua_ffi_series_t    *metrics;   /* never NULL once started */
     ngx_msec_t                    started;
     ngx_msec_t                    drain_started;
     ngx_http_lua_ffi_rt_state_e   state;
