@@ -128,6 +128,11 @@ u_char *ngx_http_lua_ffi_json_str(u_char *p, u_char *last, u_char *s,
 ngx_int_t ngx_http_lua_ffi_digest_init(ngx_log_t *log);
 ngx_int_t ngx_http_lua_ffi_sha256(u_char *data, size_t len, u_char *md);
 ngx_int_t ngx_http_lua_ffi_sha256_fd(int fd, off_t size, u_char *md);
+#define NGX_HTTP_LUA_FFI_CFG_TAG  8
+
+ngx_int_t ngx_http_lua_ffi_cfg_tag(u_char *cfg, size_t len, u_char *tag);
+u_char *ngx_http_lua_ffi_cfg_tag_text(u_char *p, u_char *last, u_char *cfg,
+    size_t len);
 u_char *ngx_http_lua_ffi_json_cfg_tag(u_char *p, u_char *last, u_char *cfg,
     size_t len);
 

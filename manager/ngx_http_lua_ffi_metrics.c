@@ -271,21 +271,19 @@ ngx_http_lua_ffi_metrics_lib_locked(u_char *path, u_char *name, size_t len)
 }
 
 
+/* the label: the first 8 hex digits of the cfg's tag, as status shows it */
+
 static uint32_t
 ngx_http_lua_ffi_metrics_cfg_hash(ngx_str_t *cfg)
 {
-    size_t    i;
-    uint32_t  h;
+    u_char  tag[NGX_HTTP_LUA_FFI_CFG_TAG];
 
-    /* FNV-1a: a short, stable label that tells cfgs apart, not the cfg */
-    h = 2166136261u;
-
-    for (i = 0; i < cfg->len; i++) {
-        h ^= cfg->data[i];
-        h *= 16777619u;
+    if (ngx_http_lua_ffi_cfg_tag(cfg->data, cfg->len, tag) != NGX_OK) {
+        return 0;
     }
 
-    return h;
+    return ((uint32_t) tag[0] << 24) | ((uint32_t) tag[1] << 16)
+           | ((uint32_t) tag[2] << 8) | tag[3];
 }
 
 

@@ -245,12 +245,6 @@ ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
                                         0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE))
     {
-        /* the series of the task's latest call: shared memory, never freed */
-        if (task->metrics) {
-            (void) __atomic_add_fetch(&task->metrics->c.strays, 1,
-                                      __ATOMIC_RELAXED);
-        }
-
         free(rsp);
         ngx_http_lua_ffi_task_stray(task, tsk);
         return;
