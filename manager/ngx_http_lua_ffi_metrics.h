@@ -52,7 +52,7 @@ typedef struct {
     ngx_uint_t                    state;
     ngx_uint_t                    lib;       /* index in libs[] */
     ngx_uint_t                    version;
-    uint32_t                      cfg;       /* FNV-1a of the cfg bytes */
+    uint32_t                      cfg;       /* its tag's first 4 bytes */
     ngx_uint_t                    has_cfg;
 } ngx_http_lua_ffi_metrics_slot_t;
 
