@@ -193,8 +193,11 @@ is(scalar(grep { $_->{version} == 2 && $_->{state} =~ /serving|starting/ }
           @$runtimes), 0, 'B has no live runtime of the reload left')
     or diag explain $runtimes;
 is(t_on($cb, $pause), "v1\n", 'B serves version 1');
-my ($a2) = grep { $_ != $b } workers(2);
-ok($a2 && $a2 != $a, 'the master respawned the killed worker');
+ok(FFITest::wait_exit($a, 20), 'A is gone');
+my $a2;
+ok(wait_until(sub { ($a2) = grep { $_ != $a && $_ != $b }
+                             FFITest::worker_pids(); $a2 }, 20),
+   'the master respawned the killed worker');
 ($st, my $json) = MBTest::reload($lib);
 is($st, 200, 'the next reload goes through') or diag explain $json;
 is(t_on($cb, $pause), "v2\n", 'B serves version 2');
@@ -220,9 +223,10 @@ ok(held($b, 'v2'), 'B, coordinating, holds in its own prepare');
 ok(FFITest::wait_for_log(qr/\[info\] $a#\d+: .*version 2 prepared here: failed/,
                          20, 1), "A's prepare failed");
 FFITest::signal('KILL', $a);
-($a2) = grep { $_ != $b } workers(2);
-$a2 = undef if $a2 && $a2 == $a;
-ok($a2, 'the master respawned A');
+ok(FFITest::wait_exit($a, 20), 'A is gone');
+ok(wait_until(sub { ($a2) = grep { $_ != $a && $_ != $b }
+                             FFITest::worker_pids(); $a2 }, 20),
+   'the master respawned A');
 my $ca2 = WorkerConn->to_worker($a2);
 is($ca2->pid, $a2, 'the new worker in that slot serves');
 release_hold($b, 'v2');
