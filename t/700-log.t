@@ -181,9 +181,10 @@ sub wait_key {
 {
     my $repo = FFITest::repo();
     my $lib = "$repo/t/lib/runtimes/libffi_services.so";
-    my $out = `$repo/build/ffi-trial $lib $lib initlog 2>&1`;
+    # cfgs on stdin ("N\n" and N bytes), the verdict on fd 3 (issue 12)
+    my $out = `printf '7\\ninitlog' | $repo/build/ffi-trial $lib $lib 3>&1 2>&1`;
     is($out, "ok\n", 'trial: ok, and the log line kept to itself');
-    $out = `$repo/build/ffi-trial $lib $lib initlog,initfail 2>&1`;
+    $out = `printf '16\\ninitlog,initfail' | $repo/build/ffi-trial $lib $lib 3>&1 2>&1`;
     is($out, "ffi-trial: $lib: hello from libffi_init\n"
              . "ffi-trial: $lib: libffi_init fails: initfail\n"
              . "init 0 returned 3\n", 'a failed trial says why');
