@@ -536,6 +536,24 @@ ngx_http_lua_ffi_write_copy(u_char *base, u_char *data, size_t len,
  * load, first load, reload or drop (strict is kept for the callers).
  */
 
+static ngx_uint_t
+ngx_http_lua_ffi_errno_transient(ngx_err_t err)
+{
+    switch (err) {
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM:
+    case ENOSPC:
+    case EIO:
+    case EINTR:
+    case EAGAIN:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+
 ngx_int_t
 ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
@@ -560,11 +578,18 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     *ngx_cpymem(cpath, path->data, path->len) = '\0';
     err[0] = '\0';
 
+    ngx_set_errno(0);
+
     fd = ngx_http_lua_ffi_open_trusted(cpath, geteuid(),
                                        NGX_HTTP_LUA_FFI_WALK_FILE, &dir, real,
                                        &base, err, errlen);
     if (fd == -1) {
-        return NGX_DECLINED;
+        /*
+         * A rule the file breaks is a verdict; a worker out of descriptors
+         * or memory, or a read error, is not: the drop is tried again.
+         */
+        return ngx_http_lua_ffi_errno_transient(ngx_errno) ? NGX_ERROR
+                                                            : NGX_DECLINED;
     }
 
     data = ngx_http_lua_ffi_read_file(fd, dir, base, cpath, &size, &busy,
