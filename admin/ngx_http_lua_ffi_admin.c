@@ -1,10 +1,12 @@
 /*
  * The admin endpoint (`ffi_admin`): POST reload?lib=NAME and GET status,
- * JSON in and out, answering once every worker has done its part.
+ * JSON in and out, answering once every worker has done its part; GET
+ * metrics (admin/ngx_http_lua_ffi_admin_metrics.c).
  */
 
 #include "ngx_http_lua_ffi_manager.h"
 #include "ngx_http_lua_ffi_admin_args.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
 static ngx_int_t ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r);
@@ -270,7 +272,9 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
                                             "missing or wrong token");
     }
 
-    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_STATUS) {
+    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_STATUS
+        || endpoint == NGX_HTTP_LUA_FFI_ADMIN_METRICS)
+    {
         if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
             ngx_http_discard_request_body(r);
             return ngx_http_lua_ffi_admin_not_allowed(r, "GET, HEAD");
@@ -285,7 +289,7 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
     } else {
         ngx_http_discard_request_body(r);
         return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_NOT_FOUND,
-                                "no such admin endpoint: use reload or status");
+                     "no such admin endpoint: use reload, status or metrics");
     }
 
     if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
@@ -297,6 +301,11 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
+    }
+
+    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_METRICS) {
+        /* from shared memory, at once: no worker is asked */
+        return ngx_http_lua_ffi_admin_metrics(r);
     }
 
     cln = ngx_http_cleanup_add(r, 0);

@@ -8,7 +8,7 @@
 #include "ngx_http_lua_ffi_admin_args.h"
 
 
-/* "reload", "status" or neither: rel is the path below the location */
+/* "reload", "status", "metrics" or none: rel is the path below the location */
 
 int
 ngx_http_lua_ffi_admin_endpoint(const unsigned char *rel, size_t len)
@@ -24,6 +24,10 @@ ngx_http_lua_ffi_admin_endpoint(const unsigned char *rel, size_t len)
 
     if (len == 6 && memcmp(rel, "status", 6) == 0) {
         return NGX_HTTP_LUA_FFI_ADMIN_STATUS;
+    }
+
+    if (len == 7 && memcmp(rel, "metrics", 7) == 0) {
+        return NGX_HTTP_LUA_FFI_ADMIN_METRICS;
     }
 
     return NGX_HTTP_LUA_FFI_ADMIN_UNKNOWN;

@@ -53,7 +53,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ep = ngx_http_lua_ffi_admin_endpoint(data, split);
     if (ep != NGX_HTTP_LUA_FFI_ADMIN_UNKNOWN
         && ep != NGX_HTTP_LUA_FFI_ADMIN_RELOAD
-        && ep != NGX_HTTP_LUA_FFI_ADMIN_STATUS)
+        && ep != NGX_HTTP_LUA_FFI_ADMIN_STATUS
+        && ep != NGX_HTTP_LUA_FFI_ADMIN_METRICS)
     {
         abort();
     }

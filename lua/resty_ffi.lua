@@ -29,6 +29,7 @@ void ngx_http_lua_ffi_rt_release(void *h);
 local ERRLEN = 512
 local LOAD_GLOBAL = 1
 local LOAD_UNPIN = 2
+local LOAD_NO_TRIAL = 4
 local DEFAULT_MAX_QUEUE = 65536
 
 local errp = ffi_new("const char *[1]")
@@ -163,6 +164,10 @@ local function load_ffi(lib, cfg, opts)
     end
     if opts.unpin then
         flags = flags + LOAD_UNPIN
+    end
+    -- libffi_init with side effects (ports, connections): no trial run
+    if opts.trial == false then
+        flags = flags + LOAD_NO_TRIAL
     end
 
     local timeout = seconds_to_ms(opts.timeout, "opts.timeout")

@@ -118,14 +118,14 @@ done:
 
 
 /*
- * A cfg as /ffi/status shows it by default: "redacted:" and 16 hex digits
- * of HMAC-SHA256 under the master's key. Equal cfgs get equal tags, so two
- * runtimes can be told apart, and the text itself never leaves the worker.
+ * A cfg's tag: the first bytes of its HMAC-SHA256 under the master's key.
+ * Equal cfgs get equal tags in every worker, so two runtimes can be told
+ * apart (in status, metrics and error.log alike), and a tag cannot be
+ * checked against guessed passwords by anyone without the key.
  */
 
-u_char *
-ngx_http_lua_ffi_json_cfg_tag(u_char *p, u_char *last, u_char *cfg,
-    size_t len)
+ngx_int_t
+ngx_http_lua_ffi_cfg_tag(u_char *cfg, size_t len, u_char *tag)
 {
     u_char        md[EVP_MAX_MD_SIZE];
     unsigned int  n;
@@ -134,14 +134,43 @@ ngx_http_lua_ffi_json_cfg_tag(u_char *p, u_char *last, u_char *cfg,
              sizeof(ngx_http_lua_ffi_tag_key), cfg, len, md, &n)
         == NULL)
     {
-        return ngx_slprintf(p, last, "\"redacted\"");
+        return NGX_ERROR;
     }
 
-    p = ngx_slprintf(p, last, "\"redacted:");
+    ngx_memcpy(tag, md, NGX_HTTP_LUA_FFI_CFG_TAG);
 
-    if (last - p > 16) {
-        p = ngx_hex_dump(p, md, 8);
+    return NGX_OK;
+}
+
+
+/* "redacted:" and the tag in hex: how a cfg shows by default */
+
+u_char *
+ngx_http_lua_ffi_cfg_tag_text(u_char *p, u_char *last, u_char *cfg,
+    size_t len)
+{
+    u_char  tag[NGX_HTTP_LUA_FFI_CFG_TAG];
+
+    if (ngx_http_lua_ffi_cfg_tag(cfg, len, tag) != NGX_OK) {
+        return ngx_slprintf(p, last, "redacted");
     }
+
+    p = ngx_slprintf(p, last, "redacted:");
+
+    if ((size_t) (last - p) >= 2 * NGX_HTTP_LUA_FFI_CFG_TAG) {
+        p = ngx_hex_dump(p, tag, NGX_HTTP_LUA_FFI_CFG_TAG);
+    }
+
+    return p;
+}
+
+
+u_char *
+ngx_http_lua_ffi_json_cfg_tag(u_char *p, u_char *last, u_char *cfg,
+    size_t len)
+{
+    p = ngx_slprintf(p, last, "\"");
+    p = ngx_http_lua_ffi_cfg_tag_text(p, last - 1, cfg, len);
 
     return ngx_slprintf(p, last, "\"");
 }

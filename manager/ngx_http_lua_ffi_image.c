@@ -245,7 +245,9 @@ ngx_http_lua_ffi_search_dir(u_char *dir, size_t dlen, ngx_str_t *file,
 
 /*
  * Short names ("demo" -> libdemo.so) and bare file names are searched in
- * ffi_library_path, then LD_LIBRARY_PATH; a name with a slash is a path.
+ * ffi_library_path, then LD_LIBRARY_PATH, then the library folder chosen
+ * when the module was configured (a package's /usr/lib/nginx/ffi), so that
+ * a packaged nginx needs no ffi_library_path; a name with a slash is a path.
  * The result is the real path, the library's identity in the registry,
  * found by the same checked walk that every load makes: a symlink on the
  * way that someone else owns, or a folder someone else may write to, is
@@ -332,12 +334,25 @@ ngx_http_lua_ffi_library_resolve(ngx_str_t *name, ngx_str_t *path,
         }
     }
 
+#ifdef NGX_HTTP_LUA_FFI_LIBRARY_DIR
+    if (ngx_http_lua_ffi_search_dir((u_char *) NGX_HTTP_LUA_FFI_LIBRARY_DIR,
+                                    sizeof(NGX_HTTP_LUA_FFI_LIBRARY_DIR) - 1,
+                                    &file, buf)
+        == NGX_OK)
+    {
+        found = 1;
+    }
+#endif
+
 done:
 
     if (!found) {
         ngx_snprintf(err, errlen, "library \"%V\" not found (looked for "
-                     "\"%V\" in ffi_library_path and LD_LIBRARY_PATH)%Z",
-                     name, &file);
+                     "\"%V\" in ffi_library_path, LD_LIBRARY_PATH"
+#ifdef NGX_HTTP_LUA_FFI_LIBRARY_DIR
+                     " and " NGX_HTTP_LUA_FFI_LIBRARY_DIR
+#endif
+                     ")%Z", name, &file);
         return NGX_DECLINED;
     }
 
@@ -521,6 +536,24 @@ ngx_http_lua_ffi_write_copy(u_char *base, u_char *data, size_t len,
  * load, first load, reload or drop (strict is kept for the callers).
  */
 
+static ngx_uint_t
+ngx_http_lua_ffi_errno_transient(ngx_err_t err)
+{
+    switch (err) {
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM:
+    case ENOSPC:
+    case EIO:
+    case EINTR:
+    case EAGAIN:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+
 ngx_int_t
 ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
@@ -545,11 +578,18 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     *ngx_cpymem(cpath, path->data, path->len) = '\0';
     err[0] = '\0';
 
+    ngx_set_errno(0);
+
     fd = ngx_http_lua_ffi_open_trusted(cpath, geteuid(),
                                        NGX_HTTP_LUA_FFI_WALK_FILE, &dir, real,
                                        &base, err, errlen);
     if (fd == -1) {
-        return NGX_DECLINED;
+        /*
+         * A rule the file breaks is a verdict; a worker out of descriptors
+         * or memory, or a read error, is not: the drop is tried again.
+         */
+        return ngx_http_lua_ffi_errno_transient(ngx_errno) ? NGX_ERROR
+                                                            : NGX_DECLINED;
     }
 
     data = ngx_http_lua_ffi_read_file(fd, dir, base, cpath, &size, &busy,

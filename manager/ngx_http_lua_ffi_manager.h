@@ -60,8 +60,14 @@ ngx_int_t ngx_http_lua_ffi_library_resolve(ngx_str_t *name, ngx_str_t *path,
 ngx_http_lua_ffi_library_t *ngx_http_lua_ffi_registry_find(ngx_str_t *name);
 ngx_int_t ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
     ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
-void ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
+ngx_int_t ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
+    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen);
+ngx_uint_t ngx_http_lua_ffi_registry_prepared(
+    ngx_http_lua_ffi_library_t *lib);
+ngx_uint_t ngx_http_lua_ffi_registry_behind(ngx_http_lua_ffi_library_t *lib,
     ngx_uint_t version);
+void ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt);
+void ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib);
 u_char *ngx_http_lua_ffi_registry_status(u_char *p, u_char *last);
 ngx_http_lua_ffi_library_t *ngx_http_lua_ffi_registry_library(
@@ -74,8 +80,14 @@ ngx_int_t ngx_http_lua_ffi_manager_init_worker(ngx_cycle_t *cycle,
     ngx_http_lua_ffi_main_conf_t *fmcf);
 void ngx_http_lua_ffi_manager_exit_worker(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
-    ngx_str_t *cfg, ngx_http_lua_ffi_version_t *v, u_char *err,
-    size_t errlen);
+    ngx_str_t *cfg, ngx_uint_t flags, ngx_http_lua_ffi_version_t *v,
+    u_char *err, size_t errlen);
+void ngx_http_lua_ffi_shm_add_cfg(ngx_str_t *path, ngx_str_t *cfg,
+    ngx_uint_t has_cfg);
+void ngx_http_lua_ffi_shm_release(ngx_str_t *path);
+
+/* ngx.load_ffi's opts.trial = false (the flags of registry_load) */
+#define NGX_HTTP_LUA_FFI_LOAD_NO_TRIAL  0x4
 
 /* body: the JSON answer; msg: the error in plain text, or NULL */
 typedef void (*ngx_http_lua_ffi_reload_done_pt)(void *data, ngx_int_t status,
@@ -88,15 +100,17 @@ ngx_int_t ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     ngx_http_lua_ffi_reload_done_pt done, void *data);
 void ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
     u_char *outcome);
-void ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path);
+ngx_uint_t ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path);
 ngx_uint_t ngx_http_lua_ffi_shm_watch_actor(ngx_str_t *path);
+ngx_uint_t ngx_http_lua_ffi_shm_drop_pending(ngx_str_t *path);
 ngx_int_t ngx_http_lua_ffi_status_start(
     ngx_http_lua_ffi_reload_done_pt done, void *data);
 void ngx_http_lua_ffi_reload_cancel(void *data);
 
 /* trial */
 ngx_int_t ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path,
-    ngx_str_t *cfgs, ngx_uint_t ncfgs, u_char *err, size_t errlen);
+    ngx_str_t *cfgs, ngx_uint_t ncfgs, ngx_uint_t global, u_char *err,
+    size_t errlen);
 
 /* watcher */
 ngx_int_t ngx_http_lua_ffi_watch_init(ngx_cycle_t *cycle);
@@ -114,6 +128,11 @@ u_char *ngx_http_lua_ffi_json_str(u_char *p, u_char *last, u_char *s,
 ngx_int_t ngx_http_lua_ffi_digest_init(ngx_log_t *log);
 ngx_int_t ngx_http_lua_ffi_sha256(u_char *data, size_t len, u_char *md);
 ngx_int_t ngx_http_lua_ffi_sha256_fd(int fd, off_t size, u_char *md);
+#define NGX_HTTP_LUA_FFI_CFG_TAG  8
+
+ngx_int_t ngx_http_lua_ffi_cfg_tag(u_char *cfg, size_t len, u_char *tag);
+u_char *ngx_http_lua_ffi_cfg_tag_text(u_char *p, u_char *last, u_char *cfg,
+    size_t len);
 u_char *ngx_http_lua_ffi_json_cfg_tag(u_char *p, u_char *last, u_char *cfg,
     size_t len);
 

@@ -4,14 +4,18 @@
  */
 
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
 static ngx_http_lua_ffi_runtime_t *ngx_http_lua_ffi_runtime_start(
-    ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg, ngx_uint_t has_cfg,
-    ngx_uint_t max_queue, int *rc, u_char *err, size_t errlen);
+    ngx_http_lua_ffi_image_t *img, ngx_uint_t generation, ngx_str_t *cfg,
+    ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
+    size_t errlen);
 static void ngx_http_lua_ffi_runtime_check(ngx_http_lua_ffi_runtime_t *rt);
 static void ngx_http_lua_ffi_runtime_reap(ngx_event_t *ev);
 static void ngx_http_lua_ffi_image_drop(ngx_http_lua_ffi_image_t *img);
+static void ngx_http_lua_ffi_registry_twin(ngx_http_lua_ffi_library_t *lib,
+    ngx_http_lua_ffi_handle_t *h);
 
 
 static ngx_uint_t
@@ -211,7 +215,8 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
         return NULL;
     }
 
-    if (ngx_http_lua_ffi_shm_current(&lib->path, name, cfg, &v, err, errlen)
+    if (ngx_http_lua_ffi_shm_current(&lib->path, name, cfg, flags, &v, err,
+                                     errlen)
         != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s", err);
@@ -251,8 +256,8 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
         return NULL;
     }
 
-    rt = ngx_http_lua_ffi_runtime_start(img, cfg, has_cfg, max_queue, rc,
-                                        err, errlen);
+    rt = ngx_http_lua_ffi_runtime_start(img, lib->version, cfg, has_cfg,
+                                        max_queue, rc, err, errlen);
     if (rt == NULL) {
         ngx_free(h);
         return NULL;
@@ -272,14 +277,46 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
 
     ngx_queue_insert_tail(&lib->handles, &h->link);
 
+    /* a reload's trial runs every cfg any worker runs */
+    ngx_http_lua_ffi_shm_add_cfg(&lib->path, cfg, has_cfg);
+
+    if (lib->next) {
+        /*
+         * A reload was prepared here and is not committed yet: the new
+         * runtime gets its twin on the prepared version now, so that the
+         * commit switches it with the others.
+         */
+        ngx_http_lua_ffi_registry_twin(lib, h);
+    }
+
     return h;
 }
 
 
+static void
+ngx_http_lua_ffi_registry_twin(ngx_http_lua_ffi_library_t *lib,
+    ngx_http_lua_ffi_handle_t *h)
+{
+    int          rc;
+    ngx_uint_t   version;
+    u_char       err[NGX_HTTP_LUA_FFI_ERRLEN];
+
+    version = ngx_http_lua_ffi_registry_prepared(lib);
+
+    h->next = ngx_http_lua_ffi_runtime_start(lib->next, version, &h->cfg,
+                                             h->has_cfg, h->max_queue, &rc,
+                                             err, sizeof(err));
+
+    /* else the commit tries again, and says so if it fails */
+}
+
+
+/* generation: the version the runtime serves as, known to its log lines */
+
 static ngx_http_lua_ffi_runtime_t *
-ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
-    ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
-    size_t errlen)
+ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img,
+    ngx_uint_t generation, ngx_str_t *cfg, ngx_uint_t has_cfg,
+    ngx_uint_t max_queue, int *rc, u_char *err, size_t errlen)
 {
     int                          n;
     char                        *c;
@@ -317,11 +354,12 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img, ngx_str_t *cfg,
     rt->reaper.data = rt;
     rt->reaper.log = ngx_cycle->log;
     rt->reaper.cancelable = 1;
-    rt->generation = img->library->version;
+    rt->generation = generation;
     rt->started = ngx_current_msec;
     rt->state = NGX_HTTP_LUA_FFI_RT_STARTING;
 
     ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.runtimes, &rt->link);
+    rt->metrics = ngx_http_lua_ffi_metrics_attach(img, cfg, has_cfg);
 
     /* libffi_init may keep nothing of cfg: it gets a copy freed after */
     c = NULL;
@@ -464,6 +502,7 @@ ngx_http_lua_ffi_runtime_reap(ngx_event_t *ev)
     ngx_http_lua_ffi_queue_destroy(&rt->queue);
 
     img = rt->image;
+    ngx_http_lua_ffi_metrics_detach(rt->metrics);
     ngx_free(rt);
 
     ngx_http_lua_ffi_image_unref(img);
@@ -489,6 +528,11 @@ ngx_http_lua_ffi_registry_unload(ngx_http_lua_ffi_handle_t *h)
 
     h->unloaded = 1;
     ngx_queue_remove(&h->link);
+
+    if (ngx_queue_empty(&h->library->handles)) {
+        /* this worker holds the library no more: its entry may go */
+        ngx_http_lua_ffi_shm_release(&h->library->path);
+    }
 
     if (h->next) {
         ngx_http_lua_ffi_registry_retire(h->next);
@@ -564,15 +608,13 @@ ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
     {
         h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
 
-        h->next = ngx_http_lua_ffi_runtime_start(img, &h->cfg, h->has_cfg,
-                                                 h->max_queue, &rc, err,
-                                                 errlen);
+        h->next = ngx_http_lua_ffi_runtime_start(img, v->version, &h->cfg,
+                                                 h->has_cfg, h->max_queue,
+                                                 &rc, err, errlen);
         if (h->next == NULL) {
             ngx_http_lua_ffi_registry_abort(lib);
             return NGX_ERROR;
         }
-
-        h->next->generation = v->version;
     }
 
     return NGX_OK;
@@ -607,32 +649,17 @@ ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib)
 }
 
 
-/* Reload, second half: every handle switches; old runtimes drain. */
+/* Whether some runtime here is not on version (a load made meanwhile). */
 
-void
-ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
+ngx_uint_t
+ngx_http_lua_ffi_registry_behind(ngx_http_lua_ffi_library_t *lib,
     ngx_uint_t version)
 {
-    ngx_queue_t                 *q;
-    ngx_http_lua_ffi_image_t    *img, *old;
-    ngx_http_lua_ffi_handle_t   *h;
-    ngx_http_lua_ffi_runtime_t  *prev;
+    ngx_queue_t                *q;
+    ngx_http_lua_ffi_handle_t  *h;
 
-    img = lib->next;
-    lib->next = NULL;
-    old = lib->current;
-
-    lib->version = version;
-    lib->reloads++;
-
-    if (img == NULL) {
-        /* no runtime here: the next load maps the new version */
-        if (old) {
-            lib->current = NULL;
-            ngx_http_lua_ffi_image_drop(old);
-        }
-
-        return;
+    if (lib->version != version) {
+        return 1;
     }
 
     for (q = ngx_queue_head(&lib->handles);
@@ -641,6 +668,124 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
     {
         h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
 
+        if (h->runtime && h->runtime->generation != version) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* The version this worker prepared runtimes for, 0: none. */
+
+ngx_uint_t
+ngx_http_lua_ffi_registry_prepared(ngx_http_lua_ffi_library_t *lib)
+{
+    ngx_queue_t                *q;
+    ngx_http_lua_ffi_handle_t  *h;
+
+    if (lib->next == NULL) {
+        return 0;
+    }
+
+    for (q = ngx_queue_head(&lib->handles);
+         q != ngx_queue_sentinel(&lib->handles);
+         q = ngx_queue_next(q))
+    {
+        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+
+        if (h->next) {
+            return h->next->generation;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Reload, second half, and convergence: every handle ends on version v,
+ * through its prepared runtime if it has one, else through a runtime
+ * started now (a handle created during the reload, or a worker that had
+ * not prepared: one that started, loaded or lagged meanwhile). Old
+ * runtimes drain. NGX_ERROR: some handle could not start on v and serves
+ * on its old runtime, err says why.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
+    ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
+{
+    int                          n;
+    ngx_int_t                    rc;
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_image_t    *img, *old;
+    ngx_http_lua_ffi_handle_t   *h;
+    ngx_http_lua_ffi_runtime_t  *prev;
+
+    rc = NGX_OK;
+    img = lib->next;
+    lib->next = NULL;
+    old = lib->current;
+
+    if (lib->version != v->version) {
+        lib->reloads++;
+    }
+
+    lib->version = v->version;
+
+    if (img == NULL && ngx_queue_empty(&lib->handles)) {
+        /* no runtime here: the next load maps the new version */
+        if (old && old->hash != v->hash) {
+            lib->current = NULL;
+            ngx_http_lua_ffi_image_drop(old);
+        }
+
+        return NGX_OK;
+    }
+
+    if (img == NULL) {
+        if (old && old->hash == v->hash) {
+            img = old;
+
+        } else {
+            img = ngx_http_lua_ffi_image_open(lib, v, err, errlen);
+            if (img == NULL) {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "ffi: cannot switch to version %ui: %s",
+                              v->version, err);
+                return NGX_ERROR;
+            }
+
+            img->pinned = (v->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE);
+            img->refcount++;
+        }
+    }
+
+    for (q = ngx_queue_head(&lib->handles);
+         q != ngx_queue_sentinel(&lib->handles);
+         q = ngx_queue_next(q))
+    {
+        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+
+        if (h->next == NULL && h->runtime
+            && h->runtime->generation != v->version)
+        {
+            h->next = ngx_http_lua_ffi_runtime_start(img, v->version,
+                                                     &h->cfg, h->has_cfg,
+                                                     h->max_queue, &n, err,
+                                                     errlen);
+            if (h->next == NULL) {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "ffi: a runtime of \"%V\" stays on version "
+                              "%ui: %s", &lib->path,
+                              h->runtime->generation, err);
+                rc = NGX_ERROR;
+                continue;
+            }
+        }
+
         if (h->next == NULL) {
             continue;
         }
@@ -648,7 +793,7 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
         prev = h->runtime;
         h->runtime = h->next;
         h->next = NULL;
-        h->runtime->generation = version;
+        h->runtime->generation = v->version;
 
         if (prev) {
             ngx_http_lua_ffi_registry_retire(prev);
@@ -670,6 +815,8 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
             ngx_http_lua_ffi_image_drop(old);
         }
     }
+
+    return rc;
 }
 
 

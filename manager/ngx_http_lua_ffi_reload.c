@@ -1,566 +1,272 @@
 /*
- * Reloads and status across workers: a shared zone holding each library's
- * current version and one command slot, and a two-phase protocol (prepare
- * everywhere, then commit or abort everywhere) driven by one coordinator.
+ * The reload protocol, whole: one coordinator drives prepare, then commit
+ * or abort, through the shared zone's command slot; every worker carries
+ * commands out and converges on the library's current version.
  */
 
-#include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_shm.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
-#define NGX_HTTP_LUA_FFI_SHM_LIBS      64
-#define NGX_HTTP_LUA_FFI_SHM_WORKERS   128
 #define NGX_HTTP_LUA_FFI_RETRY_MSEC    10
-#define NGX_HTTP_LUA_FFI_STATUS_MAX    (256 * 1024)
+#define NGX_HTTP_LUA_FFI_ACK_MSEC      100
+#define NGX_HTTP_LUA_FFI_FOLLOW_MSEC   100
+
+
+/*
+ * The coordinator (the worker that took the request), one operation:
+ *
+ *   state     event      next     action
+ *   WAIT      turn       CHECK    owner := this worker
+ *   WAIT      deadline   DONE     503 (another reload did not finish)
+ *   CHECK     refused    DONE     404, 304, 409 or 422; owner := 0
+ *   CHECK     checked    PREPARE  publish PREPARE(v)
+ *   PREPARE   all_ok     COMMIT   current := v; publish COMMIT(v)
+ *   PREPARE   failed     ABORT    publish ABORT
+ *   PREPARE   deadline   ABORT    publish ABORT (names the silent workers)
+ *   COMMIT    all_ok     DONE     200; old shadow removed; owner := 0
+ *   COMMIT    failed     DONE     202 (names the worker, its error)
+ *   COMMIT    deadline   DONE     202 (names the workers that did not
+ *                                 confirm: they converge when they run)
+ *   ABORT     any        DONE     422; new shadow removed; owner := 0
+ *   any       exit       DONE     503; in PREPARE, publish ABORT first
+ *
+ * "all_ok": every live worker acknowledged the command (a worker is live
+ * while its slot's pid exists; a slot's new occupant acknowledged every
+ * command issued before it started). The deadline is ffi_reload_timeout
+ * per phase. A coordinator killed in any state leaves an owner that is not
+ * alive: the next coordinator takes the turn, and every worker drops what
+ * it prepared for a reload whose coordinator is gone (below).
+ *
+ * Every worker, per library, on every command (and every 100 ms while a
+ * reload is under way or something is prepared here):
+ *
+ *   state              condition                       next
+ *   SERVING(v)         PREPARE(v') of this library     PREPARED(v, v')
+ *   PREPARED(v, v')    current = v'                    SERVING(v')
+ *   PREPARED(v, v')    current != v', and no live      SERVING(v)
+ *                      coordinator is preparing v'
+ *   SERVING(v)         current = v' != v               SERVING(v')
+ *
+ * The last line is what makes a 200 true for runtimes that did not exist
+ * at prepare (ngx.load_ffi during a reload, a worker started by nginx -s
+ * reload) and for a worker that missed the commit (stopped, busy): it
+ * converges on the current version whatever the command slot says now.
+ * A runtime created while PREPARED gets its prepared twin at once.
+ */
+
+typedef enum {
+    NGX_HTTP_LUA_FFI_R_WAIT = 0,
+    NGX_HTTP_LUA_FFI_R_CHECK,
+    NGX_HTTP_LUA_FFI_R_PREPARE,
+    NGX_HTTP_LUA_FFI_R_COMMIT,
+    NGX_HTTP_LUA_FFI_R_ABORT,
+    NGX_HTTP_LUA_FFI_R_DONE
+} ngx_http_lua_ffi_rstate_e;
 
 
 typedef enum {
-    NGX_HTTP_LUA_FFI_CMD_NONE = 0,
-    NGX_HTTP_LUA_FFI_CMD_PREPARE,
-    NGX_HTTP_LUA_FFI_CMD_COMMIT,
-    NGX_HTTP_LUA_FFI_CMD_ABORT
-} ngx_http_lua_ffi_cmd_e;
+    NGX_HTTP_LUA_FFI_E_NONE = 0,       /* nothing yet: wait */
+    NGX_HTTP_LUA_FFI_E_TURN,
+    NGX_HTTP_LUA_FFI_E_REFUSED,
+    NGX_HTTP_LUA_FFI_E_CHECKED,
+    NGX_HTTP_LUA_FFI_E_ALL_OK,
+    NGX_HTTP_LUA_FFI_E_FAILED,
+    NGX_HTTP_LUA_FFI_E_DEADLINE,
+    NGX_HTTP_LUA_FFI_E_EXIT
+} ngx_http_lua_ffi_revent_e;
+
+
+typedef struct ngx_http_lua_ffi_op_s  ngx_http_lua_ffi_op_t;
+
+typedef void (*ngx_http_lua_ffi_action_pt)(ngx_http_lua_ffi_op_t *op);
 
 
 typedef struct {
-    u_char                        path[NGX_HTTP_LUA_FFI_PATHLEN];
-    u_char                        names[NGX_HTTP_LUA_FFI_MAX_NAMES]
-                                       [NGX_HTTP_LUA_FFI_NAMELEN];
-    ngx_uint_t                    nnames;
-    ngx_http_lua_ffi_version_t    current;
-    ngx_uint_t                    reloads;
-    ngx_uint_t                    failures;
-    time_t                        last_reload;
-    u_char                        last_error[NGX_HTTP_LUA_FFI_ERRLEN];
-    ngx_uint_t                    watched;
-    uint64_t                      watchers;    /* slots < 64 watching it */
-    u_char                        drop_ident[96];
-    time_t                        last_drop;
-    u_char                        last_drop_event[32];
-    u_char                        last_drop_outcome[NGX_HTTP_LUA_FFI_ERRLEN];
-} ngx_http_lua_ffi_shm_lib_t;
+    ngx_http_lua_ffi_rstate_e     state;
+    ngx_http_lua_ffi_revent_e     event;     /* NONE: any event */
+    ngx_http_lua_ffi_rstate_e     next;
+    ngx_http_lua_ffi_action_pt    action;
+} ngx_http_lua_ffi_transition_t;
 
 
-typedef struct {
-    ngx_pid_t                     pid;
-    ngx_uint_t                    acked;       /* last command handled */
-    ngx_int_t                     rc;
-    u_char                        err[NGX_HTTP_LUA_FFI_ERRLEN];
-    ngx_uint_t                    status_seq;  /* last status written */
-    u_char                       *status;      /* slab: JSON */
-    size_t                        status_len;
-    unsigned                      status_wanted:1;
-} ngx_http_lua_ffi_shm_worker_t;
-
-
-typedef struct {
-    ngx_uint_t                    seq;
-    ngx_http_lua_ffi_cmd_e        type;
-    ngx_uint_t                    lib;
-    ngx_http_lua_ffi_version_t    v;
-    ngx_pid_t                     owner;       /* coordinator, 0: idle */
-    ngx_uint_t                    status_seq;
-    ngx_uint_t                    nlibs;
-    ngx_http_lua_ffi_shm_lib_t    libs[NGX_HTTP_LUA_FFI_SHM_LIBS];
-    ngx_http_lua_ffi_shm_worker_t workers[NGX_HTTP_LUA_FFI_SHM_WORKERS];
-} ngx_http_lua_ffi_shm_t;
-
-
-typedef enum {
-    NGX_HTTP_LUA_FFI_OP_RELOAD = 0,
-    NGX_HTTP_LUA_FFI_OP_STATUS
-} ngx_http_lua_ffi_op_type_e;
-
-
-/* A reload or status request this worker coordinates. */
-typedef struct {
+/* A reload this worker coordinates. */
+struct ngx_http_lua_ffi_op_s {
     ngx_queue_t                       link;
-    ngx_http_lua_ffi_op_type_e        type;
+    ngx_http_lua_ffi_rstate_e         state;
     ngx_http_lua_ffi_reload_done_pt   done;
     void                             *data;
     ngx_event_t                       timer;
     ngx_msec_t                        deadline;
+    ngx_msec_t                        wait;      /* before the next look */
     ngx_uint_t                        lib;
-    ngx_uint_t                        seq;
-    ngx_http_lua_ffi_cmd_e            phase;
+    ngx_uint_t                        seq;       /* of our last command */
     ngx_http_lua_ffi_version_t        v;
     ngx_uint_t                        changed;
     ngx_uint_t                        old_version;
-    u_char                            old_shadow[NGX_HTTP_LUA_FFI_PATHLEN];
+    ngx_http_lua_ffi_version_t        old;
+    ngx_int_t                         status;    /* of a refusal */
+    ngx_uint_t                        known;     /* lib is set */
+    ngx_uint_t                        trial_failed;
     u_char                            err[NGX_HTTP_LUA_FFI_ERRLEN];
+    u_char                            silent[NGX_HTTP_LUA_FFI_ERRLEN];
+    u_char                            silent_json[NGX_HTTP_LUA_FFI_ERRLEN];
     ngx_str_t                         name;
     u_char                            name_buf[NGX_HTTP_LUA_FFI_NAMELEN];
     ngx_uint_t                        flags;
-    unsigned                          started:1;
-} ngx_http_lua_ffi_op_t;
+};
 
 
-static ngx_int_t ngx_http_lua_ffi_shm_init(ngx_shm_zone_t *zone, void *data);
+static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_observe(
+    ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_op_run(ngx_http_lua_ffi_op_t *op);
+static ngx_int_t ngx_http_lua_ffi_op_step(ngx_http_lua_ffi_op_t *op,
+    ngx_http_lua_ffi_revent_e ev);
 static void ngx_http_lua_ffi_op_timer(ngx_event_t *ev);
 static void ngx_http_lua_ffi_op_finish(ngx_http_lua_ffi_op_t *op,
     ngx_int_t status, u_char *body, size_t len, u_char *msg);
 static void ngx_http_lua_ffi_op_error(ngx_http_lua_ffi_op_t *op,
     ngx_int_t status, u_char *msg);
-static void ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op);
-static void ngx_http_lua_ffi_reload_check(ngx_http_lua_ffi_op_t *op);
-static void ngx_http_lua_ffi_status_check(ngx_http_lua_ffi_op_t *op);
-static void ngx_http_lua_ffi_command(ngx_http_lua_ffi_cmd_e type,
+static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_turn(
     ngx_http_lua_ffi_op_t *op);
-static void ngx_http_lua_ffi_handle_command(void);
-static void ngx_http_lua_ffi_status_publish(void);
-static ngx_uint_t ngx_http_lua_ffi_worker_alive(
-    ngx_http_lua_ffi_shm_worker_t *sw);
-static ngx_int_t ngx_http_lua_ffi_reload_trial(ngx_http_lua_ffi_op_t *op,
+static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_check(
+    ngx_http_lua_ffi_op_t *op);
+static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_acks(
+    ngx_http_lua_ffi_op_t *op);
+static ngx_int_t ngx_http_lua_ffi_op_trial(ngx_http_lua_ffi_op_t *op,
     ngx_str_t *path);
+static void ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type,
+    ngx_http_lua_ffi_op_t *op);
+
+static void ngx_http_lua_ffi_act_none(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_busy(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_prepare(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_commit(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_abort(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_abort_silent(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_unconfirmed(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_aborted(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_exit(ngx_http_lua_ffi_op_t *op);
+
+static void ngx_http_lua_ffi_reload_notified(void);
+static void ngx_http_lua_ffi_handle_command(void);
+static void ngx_http_lua_ffi_reconcile_all(void);
+static ngx_int_t ngx_http_lua_ffi_reconcile(ngx_http_lua_ffi_library_t *lib,
+    ngx_int_t i, u_char *err, size_t errlen);
+static void ngx_http_lua_ffi_follow(void);
+static void ngx_http_lua_ffi_follow_handler(ngx_event_t *ev);
 
 
-static ngx_http_lua_ffi_shm_t   *ngx_http_lua_ffi_shm;
-static ngx_slab_pool_t          *ngx_http_lua_ffi_shpool;
-static ngx_http_lua_ffi_main_conf_t  *ngx_http_lua_ffi_fmcf;
-static ngx_queue_t               ngx_http_lua_ffi_ops;
+/* The coordinator's table: the first row that matches is taken. */
 
-static ngx_str_t  ngx_http_lua_ffi_shm_name = ngx_string("lua_resty_ffi");
+static ngx_http_lua_ffi_transition_t  ngx_http_lua_ffi_transitions[] = {
+
+    { NGX_HTTP_LUA_FFI_R_WAIT, NGX_HTTP_LUA_FFI_E_TURN,
+      NGX_HTTP_LUA_FFI_R_CHECK, ngx_http_lua_ffi_act_none },
+    { NGX_HTTP_LUA_FFI_R_WAIT, NGX_HTTP_LUA_FFI_E_DEADLINE,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_busy },
+    { NGX_HTTP_LUA_FFI_R_WAIT, NGX_HTTP_LUA_FFI_E_REFUSED,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_refused },
+
+    { NGX_HTTP_LUA_FFI_R_CHECK, NGX_HTTP_LUA_FFI_E_REFUSED,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_refused },
+    { NGX_HTTP_LUA_FFI_R_CHECK, NGX_HTTP_LUA_FFI_E_CHECKED,
+      NGX_HTTP_LUA_FFI_R_PREPARE, ngx_http_lua_ffi_act_prepare },
+
+    { NGX_HTTP_LUA_FFI_R_PREPARE, NGX_HTTP_LUA_FFI_E_ALL_OK,
+      NGX_HTTP_LUA_FFI_R_COMMIT, ngx_http_lua_ffi_act_commit },
+    { NGX_HTTP_LUA_FFI_R_PREPARE, NGX_HTTP_LUA_FFI_E_FAILED,
+      NGX_HTTP_LUA_FFI_R_ABORT, ngx_http_lua_ffi_act_abort },
+    { NGX_HTTP_LUA_FFI_R_PREPARE, NGX_HTTP_LUA_FFI_E_DEADLINE,
+      NGX_HTTP_LUA_FFI_R_ABORT, ngx_http_lua_ffi_act_abort_silent },
+
+    { NGX_HTTP_LUA_FFI_R_COMMIT, NGX_HTTP_LUA_FFI_E_ALL_OK,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_committed },
+    { NGX_HTTP_LUA_FFI_R_COMMIT, NGX_HTTP_LUA_FFI_E_FAILED,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_unconfirmed },
+    { NGX_HTTP_LUA_FFI_R_COMMIT, NGX_HTTP_LUA_FFI_E_DEADLINE,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_unconfirmed },
+
+    { NGX_HTTP_LUA_FFI_R_ABORT, NGX_HTTP_LUA_FFI_E_ALL_OK,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_aborted },
+    { NGX_HTTP_LUA_FFI_R_ABORT, NGX_HTTP_LUA_FFI_E_FAILED,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_aborted },
+    { NGX_HTTP_LUA_FFI_R_ABORT, NGX_HTTP_LUA_FFI_E_DEADLINE,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_aborted },
+
+    { NGX_HTTP_LUA_FFI_R_WAIT, NGX_HTTP_LUA_FFI_E_EXIT,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_exit },
+    { NGX_HTTP_LUA_FFI_R_CHECK, NGX_HTTP_LUA_FFI_E_EXIT,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_exit },
+    { NGX_HTTP_LUA_FFI_R_PREPARE, NGX_HTTP_LUA_FFI_E_EXIT,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_exit },
+    { NGX_HTTP_LUA_FFI_R_COMMIT, NGX_HTTP_LUA_FFI_E_EXIT,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_exit },
+    { NGX_HTTP_LUA_FFI_R_ABORT, NGX_HTTP_LUA_FFI_E_EXIT,
+      NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_exit },
+};
 
 
-ngx_int_t
-ngx_http_lua_ffi_shm_add(ngx_conf_t *cf, ngx_http_lua_ffi_main_conf_t *fmcf)
+static ngx_queue_t   ngx_http_lua_ffi_ops;
+static ngx_event_t   ngx_http_lua_ffi_follow_ev;
+static ngx_uint_t    ngx_http_lua_ffi_seen_seq;
+
+
+void
+ngx_http_lua_ffi_reload_init(void)
 {
-    ngx_shm_zone_t  *zone;
-
-    if (fmcf->shm_size < sizeof(ngx_http_lua_ffi_shm_t) + 65536) {
-        fmcf->shm_size = sizeof(ngx_http_lua_ffi_shm_t) + 65536;
-    }
-
-    zone = ngx_shared_memory_add(cf, &ngx_http_lua_ffi_shm_name,
-                                 fmcf->shm_size, &ngx_http_lua_ffi_module);
-    if (zone == NULL) {
-        return NGX_ERROR;
-    }
-
-    zone->init = ngx_http_lua_ffi_shm_init;
-    zone->data = fmcf;
-    fmcf->shm_zone = zone;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_lua_ffi_shm_init(ngx_shm_zone_t *zone, void *data)
-{
-    ngx_slab_pool_t         *shpool;
-    ngx_http_lua_ffi_shm_t  *sh;
-
-    shpool = (ngx_slab_pool_t *) zone->shm.addr;
-
-    if (data) {
-        /* nginx -s reload: versions and shadow copies live on */
-        zone->data = data;
-        return NGX_OK;
-    }
-
-    if (zone->shm.exists) {
-        zone->data = shpool->data;
-        return NGX_OK;
-    }
-
-    sh = ngx_slab_calloc(shpool, sizeof(ngx_http_lua_ffi_shm_t));
-    if (sh == NULL) {
-        return NGX_ERROR;
-    }
-
-    shpool->data = sh;
-    zone->data = sh;
-
-    return NGX_OK;
-}
-
-
-ngx_int_t
-ngx_http_lua_ffi_manager_init_worker(ngx_cycle_t *cycle,
-    ngx_http_lua_ffi_main_conf_t *fmcf)
-{
-    ngx_http_lua_ffi_shm_worker_t  *sw;
-
-    ngx_http_lua_ffi_fmcf = fmcf;
-    ngx_http_lua_ffi_shpool = (ngx_slab_pool_t *) fmcf->shm_zone->shm.addr;
-    ngx_http_lua_ffi_shm = ngx_http_lua_ffi_shpool->data;
     ngx_queue_init(&ngx_http_lua_ffi_ops);
 
-    if (ngx_http_lua_ffi_worker.slot >= NGX_HTTP_LUA_FFI_SHM_WORKERS) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "ffi: at most %d worker processes are supported",
-                      NGX_HTTP_LUA_FFI_SHM_WORKERS);
-        return NGX_ERROR;
+    ngx_http_lua_ffi_follow_ev.handler = ngx_http_lua_ffi_follow_handler;
+    /* nginx's debug log reads a timer's data as a connection: never NULL */
+    ngx_http_lua_ffi_follow_ev.data = &ngx_http_lua_ffi_follow_ev;
+    ngx_http_lua_ffi_follow_ev.log = ngx_cycle->log;
+    ngx_http_lua_ffi_follow_ev.cancelable = 1;
+
+    ngx_http_lua_ffi_shm_worker_init();
+    ngx_http_lua_ffi_seen_seq = ngx_http_lua_ffi_shm->seq;
+
+    if (ngx_http_lua_ffi_shm_alive(ngx_http_lua_ffi_shm->owner)) {
+        /* started during a reload: its commit may come from afar */
+        ngx_http_lua_ffi_follow();
     }
 
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    sw = &ngx_http_lua_ffi_shm->workers[ngx_http_lua_ffi_worker.slot];
-    sw->pid = ngx_pid;
-
-    /* a command issued before this worker existed concerns it no more */
-    sw->acked = ngx_http_lua_ffi_shm->seq;
-    sw->status_seq = ngx_http_lua_ffi_shm->status_seq;
-    sw->status_wanted = 0;
-
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-    return NGX_OK;
+    /* what the bridge tells us, it tells through these */
+    ngx_http_lua_ffi_hooks.drained = ngx_http_lua_ffi_registry_drained;
+    ngx_http_lua_ffi_hooks.answered = ngx_http_lua_ffi_registry_answered;
+    ngx_http_lua_ffi_hooks.notified = ngx_http_lua_ffi_reload_notified;
 }
 
 
 void
-ngx_http_lua_ffi_manager_exit_worker(ngx_cycle_t *cycle)
+ngx_http_lua_ffi_reload_exit(void)
 {
-    ngx_queue_t                    *q;
-    ngx_http_lua_ffi_op_t          *op;
-    ngx_http_lua_ffi_shm_worker_t  *sw;
+    ngx_queue_t            *q;
+    ngx_http_lua_ffi_op_t  *op;
+
+    ngx_http_lua_ffi_hooks.notified = NULL;
 
     while (!ngx_queue_empty(&ngx_http_lua_ffi_ops)) {
         q = ngx_queue_head(&ngx_http_lua_ffi_ops);
         op = ngx_queue_data(q, ngx_http_lua_ffi_op_t, link);
-        ngx_http_lua_ffi_op_error(op, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  (u_char *) "worker exiting");
+        (void) ngx_http_lua_ffi_op_step(op, NGX_HTTP_LUA_FFI_E_EXIT);
     }
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    sw = &ngx_http_lua_ffi_shm->workers[ngx_http_lua_ffi_worker.slot];
-
-    if (sw->pid == ngx_pid) {
-        sw->pid = 0;
-    }
 
     if (ngx_http_lua_ffi_shm->owner == ngx_pid) {
         ngx_http_lua_ffi_shm->owner = 0;
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-}
 
-
-static ngx_int_t
-ngx_http_lua_ffi_shm_find_name(ngx_str_t *name)
-{
-    ngx_uint_t                   i, j;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
-
-    for (i = 0; i < ngx_http_lua_ffi_shm->nlibs; i++) {
-        sl = &ngx_http_lua_ffi_shm->libs[i];
-
-        for (j = 0; j < sl->nnames; j++) {
-            if (ngx_strlen(sl->names[j]) == name->len
-                && ngx_strncmp(sl->names[j], name->data, name->len) == 0)
-            {
-                return i;
-            }
-        }
-    }
-
-    return NGX_ERROR;
-}
-
-
-static ngx_int_t
-ngx_http_lua_ffi_shm_find_path(ngx_str_t *path)
-{
-    ngx_uint_t                   i;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
-
-    for (i = 0; i < ngx_http_lua_ffi_shm->nlibs; i++) {
-        sl = &ngx_http_lua_ffi_shm->libs[i];
-
-        if (ngx_strlen(sl->path) == path->len
-            && ngx_strncmp(sl->path, path->data, path->len) == 0)
-        {
-            return i;
-        }
-    }
-
-    return NGX_ERROR;
-}
-
-
-static void
-ngx_http_lua_ffi_shm_add_name(ngx_http_lua_ffi_shm_lib_t *sl, ngx_str_t *name)
-{
-    ngx_uint_t  j;
-
-    for (j = 0; j < sl->nnames; j++) {
-        if (ngx_strlen(sl->names[j]) == name->len
-            && ngx_strncmp(sl->names[j], name->data, name->len) == 0)
-        {
-            return;
-        }
-    }
-
-    if (sl->nnames < NGX_HTTP_LUA_FFI_MAX_NAMES
-        && name->len < NGX_HTTP_LUA_FFI_NAMELEN)
-    {
-        ngx_memcpy(sl->names[sl->nnames], name->data, name->len);
-        sl->names[sl->nnames][name->len] = '\0';
-        sl->nnames++;
-    }
-}
-
-
-/*
- * The version every worker maps for this library file. The first worker
- * to need a library checks and copies it; later ones, and workers started
- * later, map that same copy even if the file has changed since: a new
- * file only takes effect through a reload, in all workers at once.
- */
-
-ngx_int_t
-ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
-    ngx_str_t *cfg, ngx_http_lua_ffi_version_t *v, u_char *err,
-    size_t errlen)
-{
-    ngx_int_t                    i, rc;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
-    ngx_http_lua_ffi_version_t   nv;
-
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    i = ngx_http_lua_ffi_shm_find_path(path);
-
-    if (i != NGX_ERROR && ngx_http_lua_ffi_shm->libs[i].current.version) {
-        sl = &ngx_http_lua_ffi_shm->libs[i];
-        ngx_http_lua_ffi_shm_add_name(sl, name);
-        *v = sl->current;
-        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-        return NGX_OK;
-    }
-
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-    ngx_memzero(&nv, sizeof(ngx_http_lua_ffi_version_t));
-
-    rc = ngx_http_lua_ffi_shadow_create(path, &nv, 0, err, errlen);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    if (ngx_http_lua_ffi_fmcf->trial
-        && ngx_http_lua_ffi_trial(nv.shadow, path, cfg, 1, err, errlen)
-           != NGX_OK)
-    {
-        ngx_http_lua_ffi_shadow_remove(&nv);
-        return NGX_DECLINED;
-    }
-
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    i = ngx_http_lua_ffi_shm_find_path(path);
-
-    if (i == NGX_ERROR) {
-        if (ngx_http_lua_ffi_shm->nlibs == NGX_HTTP_LUA_FFI_SHM_LIBS
-            || path->len >= NGX_HTTP_LUA_FFI_PATHLEN)
-        {
-            ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-            ngx_http_lua_ffi_shadow_remove(&nv);
-            ngx_snprintf(err, errlen, "too many libraries (at most %d)%Z",
-                         NGX_HTTP_LUA_FFI_SHM_LIBS);
-            return NGX_ERROR;
-        }
-
-        i = ngx_http_lua_ffi_shm->nlibs++;
-        sl = &ngx_http_lua_ffi_shm->libs[i];
-        ngx_memzero(sl, sizeof(ngx_http_lua_ffi_shm_lib_t));
-        ngx_memcpy(sl->path, path->data, path->len);
-    }
-
-    sl = &ngx_http_lua_ffi_shm->libs[i];
-    ngx_http_lua_ffi_shm_add_name(sl, name);
-
-    if (sl->current.version == 0) {
-        nv.version = 1;
-        sl->current = nv;
-
-    } else {
-        /* another worker won the race: everyone maps its copy */
-        ngx_http_lua_ffi_shadow_remove(&nv);
-    }
-
-    *v = sl->current;
-
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-    return NGX_OK;
-}
-
-
-void
-ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path)
-{
-    ngx_int_t   i;
-    ngx_uint_t  slot;
-
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    i = ngx_http_lua_ffi_shm_find_path(path);
-    if (i != NGX_ERROR) {
-        ngx_http_lua_ffi_shm->libs[i].watched = 1;
-
-        slot = ngx_http_lua_ffi_worker.slot;
-
-        if (slot < 64) {
-            ngx_http_lua_ffi_shm->libs[i].watchers |= (uint64_t) 1 << slot;
-        }
-    }
-
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-}
-
-
-/*
- * Every worker watching a folder sees a drop; the live watcher in the
- * lowest slot acts on it, so one drop makes one reload or one refusal.
- */
-
-ngx_uint_t
-ngx_http_lua_ffi_shm_watch_actor(ngx_str_t *path)
-{
-    ngx_int_t   i;
-    ngx_uint_t  slot, actor;
-    uint64_t    mask;
-
-    actor = 1;
-
-    if (ngx_http_lua_ffi_worker.slot >= 64) {
-        return actor;
-    }
-
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    i = ngx_http_lua_ffi_shm_find_path(path);
-    mask = (i == NGX_ERROR) ? 0 : ngx_http_lua_ffi_shm->libs[i].watchers;
-
-    for (slot = 0; slot < ngx_http_lua_ffi_fmcf->nworkers && slot < 64;
-         slot++)
-    {
-        if ((mask & ((uint64_t) 1 << slot))
-            && ngx_http_lua_ffi_worker_alive(
-                                  &ngx_http_lua_ffi_shm->workers[slot]))
-        {
-            actor = (slot == ngx_http_lua_ffi_worker.slot);
-            break;
-        }
-    }
-
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-    return actor;
-}
-
-
-void
-ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
-    u_char *outcome)
-{
-    ngx_int_t                    i;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
-
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    i = ngx_http_lua_ffi_shm_find_path(path);
-
-    if (i != NGX_ERROR) {
-        sl = &ngx_http_lua_ffi_shm->libs[i];
-        sl->last_drop = ngx_time();
-
-        if (event) {
-            *ngx_cpystrn(sl->last_drop_event, event,
-                         sizeof(sl->last_drop_event)) = '\0';
-        }
-
-        *ngx_cpystrn(sl->last_drop_outcome, outcome,
-                     sizeof(sl->last_drop_outcome)) = '\0';
-    }
-
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-}
-
-
-/* What tells two drops apart without reading them. */
-
-static void
-ngx_http_lua_ffi_file_ident(u_char *path, u_char *ident, size_t len)
-{
-    struct stat  st;
-
-    if (stat((char *) path, &st) == -1) {
-        *ngx_snprintf(ident, len - 1, "missing") = '\0';
-        return;
-    }
-
-    *ngx_snprintf(ident, len - 1, "%uL:%uL:%O:%T.%l:%T.%l",
-                  (uint64_t) st.st_dev, (uint64_t) st.st_ino,
-                  (off_t) st.st_size, st.st_mtim.tv_sec,
-                  (long) st.st_mtim.tv_nsec, st.st_ctim.tv_sec,
-                  (long) st.st_ctim.tv_nsec) = '\0';
-}
-
-
-static ngx_uint_t
-ngx_http_lua_ffi_worker_alive(ngx_http_lua_ffi_shm_worker_t *sw)
-{
-    if (sw->pid == 0) {
-        return 0;
-    }
-
-    return kill(sw->pid, 0) == 0 || ngx_errno != NGX_ESRCH;
-}
-
-
-static void
-ngx_http_lua_ffi_notify_all(void)
-{
-    ssize_t     n;
-    uint64_t    one = 1;
-    ngx_uint_t  i;
-
-    for (i = 0; i < ngx_http_lua_ffi_fmcf->nworkers; i++) {
-        if (i == ngx_http_lua_ffi_worker.slot) {
-            continue;
-        }
-
-        /* EAGAIN: that worker has a wakeup pending already */
-        n = write(ngx_http_lua_ffi_fmcf->notify_fds[i], &one,
-                  sizeof(uint64_t));
-        (void) n;
-    }
+    ngx_http_lua_ffi_shm_worker_exit();
 }
 
 
 /* ---- the coordinator ---- */
-
-
-static ngx_http_lua_ffi_op_t *
-ngx_http_lua_ffi_op_create(ngx_http_lua_ffi_op_type_e type,
-    ngx_http_lua_ffi_reload_done_pt done, void *data)
-{
-    ngx_http_lua_ffi_op_t  *op;
-
-    op = ngx_calloc(sizeof(ngx_http_lua_ffi_op_t), ngx_cycle->log);
-    if (op == NULL) {
-        return NULL;
-    }
-
-    op->type = type;
-    op->done = done;
-    op->data = data;
-    op->timer.handler = ngx_http_lua_ffi_op_timer;
-    op->timer.data = op;
-    op->timer.log = ngx_cycle->log;
-    op->timer.cancelable = 1;
-    op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
-
-    ngx_queue_insert_tail(&ngx_http_lua_ffi_ops, &op->link);
-
-    return op;
-}
 
 
 ngx_int_t
@@ -573,36 +279,30 @@ ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
         return NGX_ERROR;
     }
 
-    op = ngx_http_lua_ffi_op_create(NGX_HTTP_LUA_FFI_OP_RELOAD, done, data);
+    op = ngx_calloc(sizeof(ngx_http_lua_ffi_op_t), ngx_cycle->log);
     if (op == NULL) {
         return NGX_ERROR;
     }
 
+    op->state = NGX_HTTP_LUA_FFI_R_WAIT;
+    op->done = done;
+    op->data = data;
+    op->timer.handler = ngx_http_lua_ffi_op_timer;
+    op->timer.data = op;
+    op->timer.log = ngx_cycle->log;
+
+    /*
+     * A worker told to exit (nginx -s reload, -s quit) finishes the reload
+     * it coordinates first: every phase is bounded by its deadline.
+     */
+    op->timer.cancelable = 0;
+    op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
     op->flags = flags;
     op->name.data = op->name_buf;
     op->name.len = ngx_min(name->len, NGX_HTTP_LUA_FFI_NAMELEN - 1);
     ngx_memcpy(op->name_buf, name->data, op->name.len);
 
-    ngx_http_lua_ffi_op_run(op);
-
-    return NGX_OK;
-}
-
-
-ngx_int_t
-ngx_http_lua_ffi_status_start(ngx_http_lua_ffi_reload_done_pt done,
-    void *data)
-{
-    ngx_http_lua_ffi_op_t  *op;
-
-    if (ngx_http_lua_ffi_shm == NULL) {
-        return NGX_ERROR;
-    }
-
-    op = ngx_http_lua_ffi_op_create(NGX_HTTP_LUA_FFI_OP_STATUS, done, data);
-    if (op == NULL) {
-        return NGX_ERROR;
-    }
+    ngx_queue_insert_tail(&ngx_http_lua_ffi_ops, &op->link);
 
     ngx_http_lua_ffi_op_run(op);
 
@@ -628,23 +328,101 @@ ngx_http_lua_ffi_reload_cancel(void *data)
             op->done = NULL;
         }
     }
+
+    ngx_http_lua_ffi_status_cancel(data);
 }
 
+
+/*
+ * Takes the table's transition for ev. Returns NGX_DONE when the
+ * operation ended (and was freed).
+ */
+
+static ngx_int_t
+ngx_http_lua_ffi_op_step(ngx_http_lua_ffi_op_t *op,
+    ngx_http_lua_ffi_revent_e ev)
+{
+    ngx_uint_t                      i;
+    ngx_http_lua_ffi_rstate_e       next;
+    ngx_http_lua_ffi_transition_t  *t;
+
+    t = NULL;
+
+    for (i = 0; i < sizeof(ngx_http_lua_ffi_transitions)
+                    / sizeof(ngx_http_lua_ffi_transition_t); i++)
+    {
+        if (ngx_http_lua_ffi_transitions[i].state == op->state
+            && ngx_http_lua_ffi_transitions[i].event == ev)
+        {
+            t = &ngx_http_lua_ffi_transitions[i];
+            break;
+        }
+    }
+
+    if (t == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ffi: reload: no transition from %d on %d",
+                      op->state, ev);
+        ngx_http_lua_ffi_act_exit(op);
+        return NGX_DONE;
+    }
+
+    /* the action sees the state it leaves */
+    next = t->next;
+    t->action(op);
+
+    if (next == NGX_HTTP_LUA_FFI_R_DONE) {
+        return NGX_DONE;
+    }
+
+    op->state = next;
+
+    return NGX_OK;
+}
+
+
+/* Looks and steps until the operation must wait, or ends. */
 
 static void
 ngx_http_lua_ffi_op_run(ngx_http_lua_ffi_op_t *op)
 {
-    if (op->type == NGX_HTTP_LUA_FFI_OP_STATUS) {
-        ngx_http_lua_ffi_status_check(op);
-        return;
-    }
+    ngx_http_lua_ffi_revent_e  ev;
 
-    if (!op->started) {
-        ngx_http_lua_ffi_reload_begin(op);
-        return;
-    }
+    for ( ;; ) {
+        op->wait = NGX_HTTP_LUA_FFI_ACK_MSEC;
+        ev = ngx_http_lua_ffi_op_observe(op);
 
-    ngx_http_lua_ffi_reload_check(op);
+        if (ev == NGX_HTTP_LUA_FFI_E_NONE) {
+            if (op->timer.timer_set) {
+                ngx_del_timer(&op->timer);
+            }
+
+            /* answers come through the eventfd; the timer is a backstop */
+            ngx_add_timer(&op->timer, op->wait);
+            return;
+        }
+
+        if (ngx_http_lua_ffi_op_step(op, ev) == NGX_DONE) {
+            return;
+        }
+    }
+}
+
+
+static ngx_http_lua_ffi_revent_e
+ngx_http_lua_ffi_op_observe(ngx_http_lua_ffi_op_t *op)
+{
+    switch (op->state) {
+
+    case NGX_HTTP_LUA_FFI_R_WAIT:
+        return ngx_http_lua_ffi_op_turn(op);
+
+    case NGX_HTTP_LUA_FFI_R_CHECK:
+        return ngx_http_lua_ffi_op_check(op);
+
+    default:
+        return ngx_http_lua_ffi_op_acks(op);
+    }
 }
 
 
@@ -688,33 +466,18 @@ ngx_http_lua_ffi_op_error(ngx_http_lua_ffi_op_t *op, ngx_int_t status,
 }
 
 
-static void
-ngx_http_lua_ffi_op_wait(ngx_http_lua_ffi_op_t *op, ngx_msec_t msec)
-{
-    if (op->timer.timer_set) {
-        ngx_del_timer(&op->timer);
-    }
-
-    ngx_add_timer(&op->timer, msec);
-}
-
-
 /*
- * Reload, step 1: become the coordinator, check the file and make its
- * shadow copy, then ask every worker (this one included) to prepare.
+ * WAIT: one reload at a time in the whole server. The turn goes to the
+ * first operation of this worker once no live coordinator holds it; a
+ * coordinator that died (SIGKILL) holds nothing.
  */
 
-static void
-ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
+static ngx_http_lua_ffi_revent_e
+ngx_http_lua_ffi_op_turn(ngx_http_lua_ffi_op_t *op)
 {
-    ngx_int_t                    i, rc;
-    ngx_str_t                    path;
-    ngx_pid_t                    owner;
-    ngx_http_lua_ffi_shm_t      *sh = ngx_http_lua_ffi_shm;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
-    ngx_http_lua_ffi_version_t   cur;
-    u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
-    u_char                       ident[96];
+    ngx_int_t                i;
+    ngx_pid_t                owner;
+    ngx_http_lua_ffi_shm_t  *sh = ngx_http_lua_ffi_shm;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
@@ -722,109 +485,131 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
 
     if (i == NGX_ERROR) {
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-        ngx_http_lua_ffi_op_error(op, NGX_HTTP_NOT_FOUND,
-                                  (u_char *) "unknown library");
-        return;
+        op->status = NGX_HTTP_NOT_FOUND;
+        ngx_cpystrn(op->err, (u_char *) "unknown library",
+                    NGX_HTTP_LUA_FFI_ERRLEN);
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
     owner = sh->owner;
+    op->lib = i;
+    op->known = 1;
 
-    if (owner && owner != ngx_pid
-        && (kill(owner, 0) == 0 || ngx_errno != NGX_ESRCH))
+    if ((owner && owner != ngx_pid && ngx_http_lua_ffi_shm_alive(owner))
+        || (owner == ngx_pid
+            && op != ngx_queue_data(ngx_queue_head(&ngx_http_lua_ffi_ops),
+                                    ngx_http_lua_ffi_op_t, link)))
     {
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-        /* one reload at a time, in the whole server: wait our turn */
         if ((ngx_msec_int_t) (op->deadline - ngx_current_msec) <= 0) {
-            ngx_http_lua_ffi_op_error(op, NGX_HTTP_SERVICE_UNAVAILABLE,
-                              (u_char *) "another reload did not finish");
-            return;
+            return NGX_HTTP_LUA_FFI_E_DEADLINE;
         }
 
-        ngx_http_lua_ffi_op_wait(op, NGX_HTTP_LUA_FFI_RETRY_MSEC);
-        return;
-    }
-
-    if (owner == ngx_pid && op != ngx_queue_data(
-                            ngx_queue_head(&ngx_http_lua_ffi_ops),
-                            ngx_http_lua_ffi_op_t, link))
-    {
-        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-        ngx_http_lua_ffi_op_wait(op, NGX_HTTP_LUA_FFI_RETRY_MSEC);
-        return;
-    }
-
-    sl = &sh->libs[i];
-
-    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED) {
-        /*
-         * Every worker watching the folder sees a drop: the first to get
-         * here acts on it, the others find it already handled, refused
-         * files included.
-         */
-        ngx_http_lua_ffi_file_ident(sl->path, ident, sizeof(ident));
-
-        if (ngx_strcmp(ident, sl->drop_ident) == 0) {
-            ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-            ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0,
-                                       NULL);
-            return;
-        }
-
-        ngx_memcpy(sl->drop_ident, ident, sizeof(ident));
+        op->wait = NGX_HTTP_LUA_FFI_RETRY_MSEC;
+        return NGX_HTTP_LUA_FFI_E_NONE;
     }
 
     sh->owner = ngx_pid;
+    op->lib = i;
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    return NGX_HTTP_LUA_FFI_E_TURN;
+}
+
+
+/*
+ * CHECK: the file is read once, checked and copied; a changed file is
+ * tried in a process of its own. NGX_HTTP_LUA_FFI_E_REFUSED with
+ * op->status: 304 (a drop already judged, or the same bytes), 409
+ * (cannot be unloaded), 422 (not loadable), 503 (a transient failure:
+ * the drop is not judged, the watcher tries again).
+ */
+
+static ngx_http_lua_ffi_revent_e
+ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_int_t                    rc;
+    ngx_str_t                    path;
+    ngx_http_lua_ffi_shm_t      *sh = ngx_http_lua_ffi_shm;
+    ngx_http_lua_ffi_shm_lib_t  *sl;
+    ngx_http_lua_ffi_version_t   cur;
+    u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char                       ident[96], old_ident[96];
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    sl = &sh->libs[op->lib];
+    ngx_http_lua_ffi_shm_file_ident(sl->path, ident, sizeof(ident));
+    ngx_memcpy(old_ident, sl->drop_ident, sizeof(old_ident));
+
+    if ((op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)
+        && ngx_strcmp(ident, sl->drop_ident) == 0)
+    {
+        /* every watcher sees a drop: it was judged already */
+        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+        op->status = NGX_HTTP_NOT_MODIFIED;
+        op->err[0] = '\0';
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
+    ngx_memcpy(sl->drop_ident, ident, sizeof(ident));
+
     cur = sl->current;
     path.len = ngx_strlen(sl->path);
     path.data = ngx_cpymem(path_buf, sl->path, path.len + 1) - path.len - 1;
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    op->started = 1;
-    op->lib = i;
     op->old_version = cur.version;
-    ngx_memcpy(op->old_shadow, cur.shadow, NGX_HTTP_LUA_FFI_PATHLEN);
+    op->old = cur;
 
     rc = ngx_http_lua_ffi_shadow_create(&path, &op->v,
                                         op->flags
                                         & NGX_HTTP_LUA_FFI_RELOAD_STRICT,
                                         op->err, NGX_HTTP_LUA_FFI_ERRLEN);
 
-    if (rc == NGX_AGAIN && (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)) {
-        /* a drop still being written: its close will bring us back */
+    if (rc == NGX_AGAIN || rc == NGX_ERROR) {
+        /*
+         * A file still being written (its close brings us back), or one
+         * that could not be read or copied now (ENOSPC, EMFILE, EIO): not
+         * judged, so the same file is tried again.
+         */
         ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-        sh->libs[i].drop_ident[0] = '\0';
-        sh->owner = 0;
+        ngx_memcpy(sh->libs[op->lib].drop_ident, old_ident,
+                   sizeof(old_ident));
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0,
-                                   NULL);
-        return;
+        if (rc == NGX_AGAIN && (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED))
+        {
+            op->status = NGX_HTTP_NOT_MODIFIED;
+            op->err[0] = '\0';
+            return NGX_HTTP_LUA_FFI_E_REFUSED;
+        }
+
+        op->status = (rc == NGX_ERROR) ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                       : NGX_HTTP_UNPROCESSABLE_ENTITY;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
     if (rc != NGX_OK) {
-        goto failed;
+        op->status = NGX_HTTP_UNPROCESSABLE_ENTITY;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
     op->changed = (op->v.hash != cur.hash);
 
     if (!op->changed) {
         ngx_http_lua_ffi_shadow_remove(&op->v);
-    }
 
-    if (!op->changed && (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)) {
-        /* another worker saw the same drop first and reloaded it */
-        ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-        sh->owner = 0;
-        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+        if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED) {
+            /* the same bytes serve already */
+            op->status = NGX_HTTP_NOT_MODIFIED;
+            op->err[0] = '\0';
+            return NGX_HTTP_LUA_FFI_E_REFUSED;
+        }
 
-        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0,
-                                   NULL);
-        return;
-    }
-
-    if (!op->changed) {
         op->v = cur;
 
     } else if (cur.pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE
@@ -839,79 +624,51 @@ ngx_http_lua_ffi_reload_begin(ngx_http_lua_ffi_op_t *op)
                          cur.pin_reason ? cur.pin_reason
                                         : op->v.pin_reason));
         ngx_http_lua_ffi_shadow_remove(&op->v);
-        rc = NGX_BUSY;
-        goto failed;
+        op->status = NGX_HTTP_CONFLICT;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
     op->v.version = cur.version + 1;
 
-    if (op->changed && ngx_http_lua_ffi_fmcf->trial
-        && ngx_http_lua_ffi_reload_trial(op, &path) != NGX_OK)
-    {
-        ngx_http_lua_ffi_shadow_remove(&op->v);
-        rc = NGX_DECLINED;
-        goto failed;
+    if (op->changed) {
+        rc = ngx_http_lua_ffi_op_trial(op, &path);
+
+        if (rc != NGX_OK) {
+            ngx_http_lua_ffi_shadow_remove(&op->v);
+            op->status = NGX_HTTP_UNPROCESSABLE_ENTITY;
+            op->trial_failed = 1;
+            return NGX_HTTP_LUA_FFI_E_REFUSED;
+        }
     }
 
-    ngx_http_lua_ffi_command(NGX_HTTP_LUA_FFI_CMD_PREPARE, op);
-    ngx_http_lua_ffi_reload_check(op);
-
-    return;
-
-failed:
-
-    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: reload of \"%V\" "
-                  "refused: %s", &op->name, op->err);
-
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-    sl = &sh->libs[op->lib];
-    sl->failures++;
-    ngx_memcpy(sl->last_error, op->err, NGX_HTTP_LUA_FFI_ERRLEN);
-    sh->owner = 0;
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-    ngx_http_lua_ffi_op_error(op, (rc == NGX_BUSY)
-                                  ? NGX_HTTP_CONFLICT
-                                  : NGX_HTTP_UNPROCESSABLE_ENTITY,
-                              op->err);
+    return NGX_HTTP_LUA_FFI_E_CHECKED;
 }
 
 
-/* The new image with the cfg of every runtime this worker has of it. */
+/*
+ * The new image with every cfg any worker runs it with, mapped as the
+ * workers will map it: the verdict does not depend on which worker
+ * coordinates.
+ */
 
 static ngx_int_t
-ngx_http_lua_ffi_reload_trial(ngx_http_lua_ffi_op_t *op, ngx_str_t *path)
+ngx_http_lua_ffi_op_trial(ngx_http_lua_ffi_op_t *op, ngx_str_t *path)
 {
-    ngx_uint_t                   n;
-    ngx_str_t                    cfgs[16];
-    ngx_queue_t                 *q;
-    ngx_http_lua_ffi_handle_t   *h;
-    ngx_http_lua_ffi_library_t  *lib;
+    ngx_int_t    rc;
+    ngx_str_t    cfgs[NGX_HTTP_LUA_FFI_SHM_CFGS];
+    ngx_uint_t   n, i, global, skip;
 
-    n = 0;
-    lib = ngx_http_lua_ffi_registry_library(path);
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+    global = ngx_http_lua_ffi_shm->libs[op->lib].is_global;
+    skip = ngx_http_lua_ffi_shm->libs[op->lib].no_trial;
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    if (lib) {
-        for (q = ngx_queue_head(&lib->handles);
-             q != ngx_queue_sentinel(&lib->handles) && n < 16;
-             q = ngx_queue_next(q))
-        {
-            h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
-
-            /* the trial takes C strings: copies end where a NUL is */
-            cfgs[n].len = h->cfg.len;
-            cfgs[n].data = h->has_cfg
-                           ? ngx_pnalloc(ngx_cycle->pool, h->cfg.len + 1)
-                           : NULL;
-
-            if (cfgs[n].data) {
-                ngx_memcpy(cfgs[n].data, h->cfg.data, h->cfg.len);
-                cfgs[n].data[h->cfg.len] = '\0';
-            }
-
-            n++;
-        }
+    if (!ngx_http_lua_ffi_fmcf->trial || skip) {
+        return NGX_OK;
     }
+
+    n = ngx_http_lua_ffi_shm_trial_cfgs(op->lib, cfgs,
+                                        NGX_HTTP_LUA_FFI_SHM_CFGS);
 
     if (n == 0) {
         cfgs[n].data = NULL;
@@ -919,17 +676,90 @@ ngx_http_lua_ffi_reload_trial(ngx_http_lua_ffi_op_t *op, ngx_str_t *path)
         n++;
     }
 
-    return ngx_http_lua_ffi_trial(op->v.shadow, path, cfgs, n, op->err,
-                                  NGX_HTTP_LUA_FFI_ERRLEN);
+    rc = ngx_http_lua_ffi_trial(op->v.shadow, path, cfgs, n, global, op->err,
+                                NGX_HTTP_LUA_FFI_ERRLEN);
+
+    for (i = 0; i < n; i++) {
+        if (cfgs[i].data) {
+            ngx_free(cfgs[i].data);
+        }
+    }
+
+    return rc;
 }
 
 
-/* Publishes a command, carries it out here, and tells the others. */
+/*
+ * PREPARE, COMMIT, ABORT: the live workers' answers to our command. A
+ * worker that has not answered by the deadline is named in op->silent.
+ */
+
+static ngx_http_lua_ffi_revent_e
+ngx_http_lua_ffi_op_acks(ngx_http_lua_ffi_op_t *op)
+{
+    u_char                         *p, *last, *j, *jlast;
+    ngx_uint_t                      i, waiting;
+    ngx_http_lua_ffi_revent_e       ev;
+    ngx_http_lua_ffi_shm_worker_t  *sw;
+
+    ev = NGX_HTTP_LUA_FFI_E_ALL_OK;
+    waiting = 0;
+
+    p = op->silent;
+    last = op->silent + NGX_HTTP_LUA_FFI_ERRLEN - 1;
+    j = ngx_cpymem(op->silent_json, "[", 1);
+    jlast = op->silent_json + NGX_HTTP_LUA_FFI_ERRLEN - 2;
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    for (i = 0; i < ngx_http_lua_ffi_fmcf->nworkers; i++) {
+        sw = &ngx_http_lua_ffi_shm->workers[i];
+
+        if (!ngx_http_lua_ffi_shm_alive(sw->pid)) {
+            continue;
+        }
+
+        if (sw->acked < op->seq) {
+            waiting++;
+            p = ngx_slprintf(p, last, "%s%P", waiting > 1 ? ", " : "",
+                             sw->pid);
+            j = ngx_slprintf(j, jlast, "%s{\"slot\":%ui,\"pid\":%P}",
+                             waiting > 1 ? "," : "", i, sw->pid);
+            continue;
+        }
+
+        if (sw->rc != NGX_OK && ev == NGX_HTTP_LUA_FFI_E_ALL_OK) {
+            ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN,
+                         "worker %P: %s%Z", sw->pid, sw->err);
+            ev = NGX_HTTP_LUA_FFI_E_FAILED;
+        }
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    *p = '\0';
+    *j++ = ']';
+    *j = '\0';
+
+    if (waiting == 0) {
+        return ev;
+    }
+
+    if ((ngx_msec_int_t) (op->deadline - ngx_current_msec) > 0) {
+        return NGX_HTTP_LUA_FFI_E_NONE;
+    }
+
+    return NGX_HTTP_LUA_FFI_E_DEADLINE;
+}
+
+
+/* Puts a command in the slot, carries it out here, and tells the others. */
 
 static void
-ngx_http_lua_ffi_command(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
+ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
 {
-    ngx_http_lua_ffi_shm_t  *sh = ngx_http_lua_ffi_shm;
+    ngx_http_lua_ffi_shm_t      *sh = ngx_http_lua_ffi_shm;
+    ngx_http_lua_ffi_shm_lib_t  *sl;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
@@ -938,150 +768,263 @@ ngx_http_lua_ffi_command(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
     sh->lib = op->lib;
     sh->v = op->v;
     op->seq = sh->seq;
-    op->phase = type;
 
     if (type == NGX_HTTP_LUA_FFI_CMD_COMMIT) {
-        sh->libs[op->lib].current = op->v;
-        sh->libs[op->lib].reloads++;
-        sh->libs[op->lib].last_reload = ngx_time();
-        sh->libs[op->lib].last_error[0] = '\0';
+        /* from here on, every runtime anywhere converges on v */
+        sl = &sh->libs[op->lib];
+        sl->current = op->v;
+        sl->reloads++;
+        sl->last_reload = ngx_time();
+        sl->last_error[0] = '\0';
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    ngx_http_lua_ffi_notify_all();
+    op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
+
+    ngx_http_lua_ffi_shm_notify_all();
     ngx_http_lua_ffi_handle_command();
 }
 
 
-/*
- * Counts the workers that answered the current command. NGX_AGAIN: some
- * live worker has not yet; NGX_OK: all did and all succeeded; NGX_ERROR:
- * one failed, op->err says which and why.
- */
-
-static ngx_int_t
-ngx_http_lua_ffi_acks(ngx_http_lua_ffi_op_t *op)
+static void
+ngx_http_lua_ffi_release(ngx_http_lua_ffi_op_t *op, ngx_uint_t failed)
 {
-    ngx_int_t                       rc;
-    ngx_uint_t                      i;
-    ngx_http_lua_ffi_shm_worker_t  *sw;
-
-    rc = NGX_OK;
+    ngx_http_lua_ffi_shm_t  *sh = ngx_http_lua_ffi_shm;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
-    for (i = 0; i < ngx_http_lua_ffi_fmcf->nworkers; i++) {
-        sw = &ngx_http_lua_ffi_shm->workers[i];
+    if (failed) {
+        sh->libs[op->lib].failures++;
+        ngx_memcpy(sh->libs[op->lib].last_error, op->err,
+                   NGX_HTTP_LUA_FFI_ERRLEN);
+    }
 
-        if (!ngx_http_lua_ffi_worker_alive(sw)) {
-            continue;
-        }
-
-        if (sw->acked < op->seq) {
-            rc = NGX_AGAIN;
-            break;
-        }
-
-        if (sw->rc != NGX_OK && rc == NGX_OK) {
-            ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN,
-                         "worker %P: %s%Z", sw->pid, sw->err);
-            rc = NGX_ERROR;
-        }
+    if (sh->owner == ngx_pid) {
+        sh->owner = 0;
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    return rc;
+    /* a reload waiting in another worker may go now */
+    ngx_http_lua_ffi_shm_notify_all();
+}
+
+
+/* ffi_reloads_total: each ending of an operation on a known library */
+
+static void
+ngx_http_lua_ffi_op_count(ngx_http_lua_ffi_op_t *op,
+    ngx_http_lua_ffi_reload_outcome_e outcome)
+{
+    ngx_http_lua_ffi_shm_lib_t  *sl;
+
+    if (!op->known) {
+        return;
+    }
+
+    sl = &ngx_http_lua_ffi_shm->libs[op->lib];
+
+    ngx_http_lua_ffi_metrics_reload(sl->path, sl->names[0], outcome,
+                                    outcome == NGX_HTTP_LUA_FFI_RELOAD_OK
+                                    ? op->v.version : 0);
 }
 
 
 static void
-ngx_http_lua_ffi_reload_check(ngx_http_lua_ffi_op_t *op)
+ngx_http_lua_ffi_act_none(ngx_http_lua_ffi_op_t *op)
 {
-    u_char                   body[512], *p;
-    ngx_int_t                rc;
-    ngx_http_lua_ffi_shm_t  *sh = ngx_http_lua_ffi_shm;
+}
 
-    rc = ngx_http_lua_ffi_acks(op);
 
-    if (rc == NGX_AGAIN) {
-        if ((ngx_msec_int_t) (op->deadline - ngx_current_msec) > 0) {
-            /* answers come through the eventfd; the timer is a backstop */
-            ngx_http_lua_ffi_op_wait(op, 100);
-            return;
-        }
+static void
+ngx_http_lua_ffi_act_busy(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_REFUSED_BUSY);
+    ngx_http_lua_ffi_op_error(op, NGX_HTTP_SERVICE_UNAVAILABLE,
+                              (u_char *) "another reload did not finish");
+}
 
-        ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN, "a worker did not "
-                     "answer within %M ms (ffi_reload_timeout)%Z",
-                     ngx_http_lua_ffi_fmcf->reload_timeout);
-        rc = NGX_ERROR;
+
+static void
+ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_uint_t  failed;
+
+    failed = (op->status != NGX_HTTP_NOT_MODIFIED
+              && op->status != NGX_HTTP_NOT_FOUND
+              && op->status != NGX_HTTP_SERVICE_UNAVAILABLE);
+
+    if (op->status != NGX_HTTP_NOT_FOUND) {
+        ngx_http_lua_ffi_release(op, failed);
     }
 
-    switch (op->phase) {
-
-    case NGX_HTTP_LUA_FFI_CMD_PREPARE:
-        if (rc == NGX_OK) {
-            op->deadline = ngx_current_msec
-                           + ngx_http_lua_ffi_fmcf->reload_timeout;
-            ngx_http_lua_ffi_command(NGX_HTTP_LUA_FFI_CMD_COMMIT, op);
-
-        } else {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "ffi: reload of \"%V\" failed, the running "
-                          "version serves on: %s", &op->name, op->err);
-            op->deadline = ngx_current_msec
-                           + ngx_http_lua_ffi_fmcf->reload_timeout;
-            ngx_http_lua_ffi_command(NGX_HTTP_LUA_FFI_CMD_ABORT, op);
-        }
-
-        ngx_http_lua_ffi_reload_check(op);
+    if (op->status == NGX_HTTP_NOT_MODIFIED) {
+        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_NOT_MODIFIED, NULL, 0, NULL);
         return;
-
-    case NGX_HTTP_LUA_FFI_CMD_COMMIT:
-
-        if (op->changed && ngx_strcmp(op->old_shadow, op->v.shadow) != 0) {
-            /* every worker that maps the old copy already has it mapped */
-            (void) unlink((char *) op->old_shadow);
-        }
-
-        ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-        sh->owner = 0;
-        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                      "ffi: \"%V\" reloaded: version %ui%s",
-                      &op->name, op->v.version,
-                      op->changed ? "" : " (same file, runtimes restarted)");
-
-        p = ngx_slprintf(body, body + sizeof(body) - 256, "{\"lib\":");
-        p = ngx_http_lua_ffi_json_str(p, body + sizeof(body) - 200,
-                                      op->name.data, op->name.len);
-        p = ngx_slprintf(p, body + sizeof(body),
-                         ",\"version\":%ui,\"previous_version\":%ui,"
-                         "\"build_id\":\"%s\",\"changed\":%s}",
-                         op->v.version, op->old_version, op->v.build_id,
-                         op->changed ? "true" : "false");
-
-        ngx_http_lua_ffi_op_finish(op, NGX_HTTP_OK, body, p - body, NULL);
-        break;
-
-    default: /* NGX_HTTP_LUA_FFI_CMD_ABORT */
-
-        if (op->changed && ngx_strcmp(op->old_shadow, op->v.shadow) != 0) {
-            ngx_http_lua_ffi_shadow_remove(&op->v);
-        }
-
-        ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-        sh->libs[op->lib].failures++;
-        ngx_memcpy(sh->libs[op->lib].last_error, op->err,
-                   NGX_HTTP_LUA_FFI_ERRLEN);
-        sh->owner = 0;
-        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-        ngx_http_lua_ffi_op_error(op, NGX_HTTP_UNPROCESSABLE_ENTITY, op->err);
-        break;
     }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: reload of \"%V\" "
+                  "refused: %s", &op->name, op->err);
+
+    ngx_http_lua_ffi_op_count(op, (op->status == NGX_HTTP_CONFLICT)
+                                  ? NGX_HTTP_LUA_FFI_RELOAD_CONFLICT
+                                  : op->trial_failed
+                                    ? NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL
+                                    : NGX_HTTP_LUA_FFI_RELOAD_REFUSED_FILE);
+
+    ngx_http_lua_ffi_op_error(op, op->status, op->err);
+}
+
+
+static void
+ngx_http_lua_ffi_act_prepare(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_PREPARE, op);
+}
+
+
+static void
+ngx_http_lua_ffi_act_commit(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_COMMIT, op);
+}
+
+
+static void
+ngx_http_lua_ffi_act_abort(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "ffi: reload of \"%V\" failed, the running version "
+                  "serves on: %s", &op->name, op->err);
+
+    ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_ABORT, op);
+}
+
+
+static void
+ngx_http_lua_ffi_act_abort_silent(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN, "worker(s) %s did not "
+                 "answer within %M ms (ffi_reload_timeout)%Z", op->silent,
+                 ngx_http_lua_ffi_fmcf->reload_timeout);
+
+    ngx_http_lua_ffi_act_abort(op);
+}
+
+
+static void
+ngx_http_lua_ffi_op_body(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
+{
+    u_char   body[NGX_HTTP_LUA_FFI_ERRLEN * 4], *p, *last;
+
+    last = body + sizeof(body);
+
+    p = ngx_slprintf(body, last - 256, "{\"lib\":");
+    p = ngx_http_lua_ffi_json_str(p, last - 200, op->name.data,
+                                  op->name.len);
+    p = ngx_slprintf(p, last, ",\"version\":%ui,\"previous_version\":%ui,"
+                     "\"build_id\":\"%s\",\"changed\":%s,\"confirmed\":%s",
+                     op->v.version, op->old_version, op->v.build_id,
+                     op->changed ? "true" : "false",
+                     status == NGX_HTTP_OK ? "true" : "false");
+
+    if (status != NGX_HTTP_OK) {
+        p = ngx_slprintf(p, last - 8, ",\"unconfirmed\":%s,\"error\":",
+                         op->silent_json);
+        p = ngx_http_lua_ffi_json_str(p, last - 2, op->err,
+                                      ngx_strlen(op->err));
+    }
+
+    *p++ = '}';
+
+    ngx_http_lua_ffi_op_finish(op, status, body, p - body,
+                               status == NGX_HTTP_OK ? NULL : op->err);
+}
+
+
+static void
+ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op)
+{
+    if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
+        /* every worker that maps the old copy already has it mapped */
+        ngx_http_lua_ffi_shadow_remove(&op->old);
+    }
+
+    ngx_http_lua_ffi_release(op, 0);
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "ffi: \"%V\" reloaded: version %ui%s",
+                  &op->name, op->v.version,
+                  op->changed ? "" : " (same file, runtimes restarted)");
+
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_OK);
+    ngx_http_lua_ffi_op_body(op, NGX_HTTP_OK);
+}
+
+
+/*
+ * The new version is current (workers that did not confirm switch as soon
+ * as they run again), but the answer must not claim that every worker
+ * serves it: 202, naming the workers. The old shadow copy stays: they
+ * still map it.
+ */
+
+static void
+ngx_http_lua_ffi_act_unconfirmed(ngx_http_lua_ffi_op_t *op)
+{
+    if (op->silent[0]) {
+        ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN, "version %ui is "
+                     "current, but worker(s) %s did not confirm the switch "
+                     "within %M ms (ffi_reload_timeout): they switch when "
+                     "they run again%Z", op->v.version, op->silent,
+                     ngx_http_lua_ffi_fmcf->reload_timeout);
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "ffi: reload of \"%V\": "
+                  "%s", &op->name, op->err);
+
+    ngx_http_lua_ffi_release(op, 0);
+
+    /* the new version is current: it serves, unconfirmed workers follow */
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_OK);
+    ngx_http_lua_ffi_op_body(op, NGX_HTTP_ACCEPTED);
+}
+
+
+static void
+ngx_http_lua_ffi_act_aborted(ngx_http_lua_ffi_op_t *op)
+{
+    if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
+        ngx_http_lua_ffi_shadow_remove(&op->v);
+    }
+
+    ngx_http_lua_ffi_release(op, 1);
+
+    ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE);
+    ngx_http_lua_ffi_op_error(op, NGX_HTTP_UNPROCESSABLE_ENTITY, op->err);
+}
+
+
+/*
+ * This worker exits (nginx -s reload, -s quit) with the operation under
+ * way. Prepared runtimes elsewhere are dropped at once; after a commit,
+ * the new version is current and every worker converges on it anyway.
+ */
+
+static void
+ngx_http_lua_ffi_act_exit(ngx_http_lua_ffi_op_t *op)
+{
+    if (op->state == NGX_HTTP_LUA_FFI_R_PREPARE) {
+        ngx_cpystrn(op->err, (u_char *) "the coordinating worker exited",
+                    NGX_HTTP_LUA_FFI_ERRLEN);
+        ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_ABORT, op);
+    }
+
+    ngx_http_lua_ffi_release(op, 0);
+
+    ngx_http_lua_ffi_op_error(op, NGX_HTTP_SERVICE_UNAVAILABLE,
+                              (u_char *) "worker exiting");
 }
 
 
@@ -1089,23 +1032,24 @@ ngx_http_lua_ffi_reload_check(ngx_http_lua_ffi_op_t *op)
 
 
 /*
- * Called on every wakeup of this worker's eventfd: carries out a command
- * it has not seen, publishes its status if asked, and lets the operations
- * it coordinates look at the answers.
+ * Every wakeup of this worker's eventfd: a command it has not carried
+ * out, a current version it does not serve, a status to publish, answers
+ * for the reloads it coordinates. Nothing but two loads of shared words
+ * when nothing changed.
  */
 
-void
+static void
 ngx_http_lua_ffi_reload_notified(void)
 {
     ngx_queue_t            *q, *next;
     ngx_http_lua_ffi_op_t  *op;
 
-    if (ngx_http_lua_ffi_shm == NULL) {
-        return;
+    if (ngx_http_lua_ffi_shm->seq != ngx_http_lua_ffi_seen_seq) {
+        ngx_http_lua_ffi_handle_command();
+        ngx_http_lua_ffi_reconcile_all();
     }
 
-    ngx_http_lua_ffi_handle_command();
-    ngx_http_lua_ffi_status_publish();
+    ngx_http_lua_ffi_status_notified();
 
     for (q = ngx_queue_head(&ngx_http_lua_ffi_ops);
          q != ngx_queue_sentinel(&ngx_http_lua_ffi_ops);
@@ -1113,10 +1057,7 @@ ngx_http_lua_ffi_reload_notified(void)
     {
         next = ngx_queue_next(q);
         op = ngx_queue_data(q, ngx_http_lua_ffi_op_t, link);
-
-        if (op->started || op->type == NGX_HTTP_LUA_FFI_OP_STATUS) {
-            ngx_http_lua_ffi_op_run(op);
-        }
+        ngx_http_lua_ffi_op_run(op);
     }
 }
 
@@ -1124,9 +1065,9 @@ ngx_http_lua_ffi_reload_notified(void)
 static void
 ngx_http_lua_ffi_handle_command(void)
 {
-    ngx_int_t                       rc;
+    ngx_int_t                       rc, i;
     ngx_str_t                       path;
-    ngx_uint_t                      seq, lib;
+    ngx_uint_t                      seq;
     ngx_http_lua_ffi_cmd_e          type;
     ngx_http_lua_ffi_version_t      v;
     ngx_http_lua_ffi_library_t     *library;
@@ -1137,20 +1078,21 @@ ngx_http_lua_ffi_handle_command(void)
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
     sw = &ngx_http_lua_ffi_shm->workers[ngx_http_lua_ffi_worker.slot];
+    seq = ngx_http_lua_ffi_shm->seq;
+    ngx_http_lua_ffi_seen_seq = seq;
 
     /* a worker of an older configuration has lost its slot: not ours */
-    if (sw->pid != ngx_pid || sw->acked >= ngx_http_lua_ffi_shm->seq) {
+    if (sw->pid != ngx_pid || sw->acked >= seq) {
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
         return;
     }
 
-    seq = ngx_http_lua_ffi_shm->seq;
     type = ngx_http_lua_ffi_shm->type;
-    lib = ngx_http_lua_ffi_shm->lib;
+    i = ngx_http_lua_ffi_shm->lib;
     v = ngx_http_lua_ffi_shm->v;
-    path.len = ngx_strlen(ngx_http_lua_ffi_shm->libs[lib].path);
+    path.len = ngx_strlen(ngx_http_lua_ffi_shm->libs[i].path);
     path.data = path_buf;
-    ngx_memcpy(path_buf, ngx_http_lua_ffi_shm->libs[lib].path, path.len + 1);
+    ngx_memcpy(path_buf, ngx_http_lua_ffi_shm->libs[i].path, path.len + 1);
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
@@ -1159,229 +1101,169 @@ ngx_http_lua_ffi_handle_command(void)
     err[0] = '\0';
 
     if (library) {
-        switch (type) {
+        /* first, whatever an earlier command left to do */
+        rc = ngx_http_lua_ffi_reconcile(library, i, err, sizeof(err));
 
-        case NGX_HTTP_LUA_FFI_CMD_PREPARE:
+        if (type == NGX_HTTP_LUA_FFI_CMD_PREPARE) {
             rc = ngx_http_lua_ffi_registry_prepare(library, &v, err,
                                                    sizeof(err));
-            break;
 
-        case NGX_HTTP_LUA_FFI_CMD_COMMIT:
-            ngx_http_lua_ffi_registry_commit(library, v.version);
-            break;
-
-        default:
-            ngx_http_lua_ffi_registry_abort(library);
-            break;
         }
+    }
+
+    if (type == NGX_HTTP_LUA_FFI_CMD_PREPARE) {
+        ngx_http_lua_ffi_follow();
     }
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-    sw->acked = seq;
-    sw->rc = rc;
-    ngx_memcpy(sw->err, err, sizeof(err));
+
+    /* a long prepare may outlive our slot (nginx -s reload meanwhile) */
+    if (sw->pid == ngx_pid) {
+        sw->acked = seq;
+        sw->rc = rc;
+        ngx_memcpy(sw->err, err, sizeof(err));
+    }
+
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    ngx_http_lua_ffi_notify_all();
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "ffi: command %ui (%d) carried out: %i", seq, type, rc);
+
+    if (type == NGX_HTTP_LUA_FFI_CMD_PREPARE && library) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "ffi: \"%V\" version %ui prepared here: %s",
+                      &path, v.version, rc == NGX_OK ? "ok" : "failed");
+    }
+
+    ngx_http_lua_ffi_shm_notify_all();
 }
 
 
-/* ---- status ---- */
+/*
+ * One library in this worker, against the shared zone (the table at the
+ * top, for workers): commit what was prepared for the current version,
+ * drop what was prepared for a reload that ended otherwise, and converge
+ * every other runtime on the current version.
+ */
 
-
-static void
-ngx_http_lua_ffi_status_publish(void)
+static ngx_int_t
+ngx_http_lua_ffi_reconcile(ngx_http_lua_ffi_library_t *lib, ngx_int_t i,
+    u_char *err, size_t errlen)
 {
-    u_char                         *buf, *p, *copy;
-    ngx_uint_t                      seq;
-    ngx_http_lua_ffi_shm_worker_t  *sw;
+    ngx_uint_t                   prepared, pending;
+    ngx_http_lua_ffi_shm_t      *sh = ngx_http_lua_ffi_shm;
+    ngx_http_lua_ffi_version_t   cur;
 
-    sw = &ngx_http_lua_ffi_shm->workers[ngx_http_lua_ffi_worker.slot];
-
-    seq = ngx_http_lua_ffi_shm->status_seq;
-
-    if (sw->pid != ngx_pid || sw->status_seq >= seq) {
-        return;
-    }
-
-    buf = ngx_alloc(NGX_HTTP_LUA_FFI_STATUS_MAX, ngx_cycle->log);
-    if (buf == NULL) {
-        return;
-    }
-
-    p = ngx_slprintf(buf, buf + NGX_HTTP_LUA_FFI_STATUS_MAX,
-                     "{\"slot\":%ui,\"pid\":%P,\"inflight\":%ui,"
-                     "\"libraries\":",
-                     ngx_http_lua_ffi_worker.slot, ngx_pid,
-                     ngx_http_lua_ffi_worker.inflight);
-    p = ngx_http_lua_ffi_registry_status(p, buf + NGX_HTTP_LUA_FFI_STATUS_MAX
-                                            - 1);
-    *p++ = '}';
+    prepared = ngx_http_lua_ffi_registry_prepared(lib);
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
-    copy = ngx_slab_alloc_locked(ngx_http_lua_ffi_shpool, p - buf);
-
-    if (copy) {
-        ngx_memcpy(copy, buf, p - buf);
-
-        if (sw->status) {
-            ngx_slab_free_locked(ngx_http_lua_ffi_shpool, sw->status);
-        }
-
-        sw->status = copy;
-        sw->status_len = p - buf;
-    }
-
-    sw->status_seq = ngx_http_lua_ffi_shm->status_seq;
+    cur = sh->libs[i].current;
+    pending = (prepared && sh->type == NGX_HTTP_LUA_FFI_CMD_PREPARE
+               && sh->lib == (ngx_uint_t) i && sh->v.version == prepared
+               && ngx_http_lua_ffi_shm_alive(sh->owner));
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-    ngx_free(buf);
-
-    ngx_http_lua_ffi_notify_all();
-}
-
-
-static u_char *
-ngx_http_lua_ffi_status_libraries(u_char *p, u_char *last)
-{
-    ngx_uint_t                   i, j;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
-
-    p = ngx_slprintf(p, last, "[");
-
-    for (i = 0; i < ngx_http_lua_ffi_shm->nlibs; i++) {
-        sl = &ngx_http_lua_ffi_shm->libs[i];
-
-        p = ngx_slprintf(p, last, "%s{\"name\":", i ? "," : "");
-        p = ngx_http_lua_ffi_json_str(p, last, sl->names[0],
-                                      ngx_strlen(sl->names[0]));
-        p = ngx_slprintf(p, last, ",\"names\":[");
-
-        for (j = 0; j < sl->nnames; j++) {
-            p = ngx_slprintf(p, last, "%s", j ? "," : "");
-            p = ngx_http_lua_ffi_json_str(p, last, sl->names[j],
-                                          ngx_strlen(sl->names[j]));
-        }
-
-        p = ngx_slprintf(p, last, "],\"path\":");
-        p = ngx_http_lua_ffi_json_str(p, last, sl->path,
-                                      ngx_strlen(sl->path));
-        p = ngx_slprintf(p, last, ",\"version\":%ui,\"build_id\":\"%s\","
-                         "\"pin_reason\":\"%s\",\"reloads\":%ui,"
-                         "\"failed_reloads\":%ui,\"last_reload\":%T,"
-                         "\"last_error\":",
-                         sl->current.version, sl->current.build_id,
-                         ngx_http_lua_ffi_pin_reason_name(
-                                                   sl->current.pin_reason),
-                         sl->reloads, sl->failures, sl->last_reload);
-        p = ngx_http_lua_ffi_json_str(p, last, sl->last_error,
-                                      ngx_strlen(sl->last_error));
-        p = ngx_slprintf(p, last, ",\"watched\":%s,\"last_drop\":",
-                         sl->watched ? "true" : "false");
-
-        if (sl->last_drop) {
-            p = ngx_slprintf(p, last, "{\"time\":%T,\"event\":\"%s\","
-                             "\"outcome\":", sl->last_drop,
-                             sl->last_drop_event);
-            p = ngx_http_lua_ffi_json_str(p, last, sl->last_drop_outcome,
-                                   ngx_strlen(sl->last_drop_outcome));
-            p = ngx_slprintf(p, last, "}");
-
-        } else {
-            p = ngx_slprintf(p, last, "null");
-        }
-
-        p = ngx_slprintf(p, last, ",\"reloading\":%s}",
-                         (ngx_http_lua_ffi_shm->owner
-                          && ngx_http_lua_ffi_shm->lib == i)
-                         ? "true" : "false");
+    if (pending || cur.version == 0) {
+        return NGX_OK;
     }
 
-    return ngx_slprintf(p, last, "]");
+    if (prepared && prepared != cur.version) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "ffi: \"%V\": version %ui was not committed, its "
+                      "prepared runtimes go", &lib->path, prepared);
+        ngx_http_lua_ffi_registry_abort(lib);
+    }
+
+    if (prepared == cur.version
+        || ngx_http_lua_ffi_registry_behind(lib, cur.version))
+    {
+        return ngx_http_lua_ffi_registry_commit(lib, &cur, err, errlen);
+    }
+
+    return NGX_OK;
 }
 
 
 static void
-ngx_http_lua_ffi_status_check(ngx_http_lua_ffi_op_t *op)
+ngx_http_lua_ffi_reconcile_all(void)
 {
-    u_char                         *buf, *p, *last;
-    ngx_uint_t                      i, n, waiting;
-    ngx_http_lua_ffi_shm_worker_t  *sw;
-
-    if (!op->started) {
-        op->started = 1;
-
-        ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-        op->seq = ++ngx_http_lua_ffi_shm->status_seq;
-        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-        ngx_http_lua_ffi_notify_all();
-        ngx_http_lua_ffi_status_publish();
-    }
+    ngx_int_t                    i;
+    ngx_uint_t                   waiting;
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_library_t  *lib;
+    u_char                       err[NGX_HTTP_LUA_FFI_ERRLEN];
 
     waiting = 0;
 
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.libraries);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.libraries);
+         q = ngx_queue_next(q))
+    {
+        lib = ngx_queue_data(q, ngx_http_lua_ffi_library_t, link);
 
-    for (i = 0; i < ngx_http_lua_ffi_fmcf->nworkers; i++) {
-        sw = &ngx_http_lua_ffi_shm->workers[i];
+        ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+        i = ngx_http_lua_ffi_shm_find_path(&lib->path);
+        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
-        if (ngx_http_lua_ffi_worker_alive(sw) && sw->status_seq < op->seq) {
-            waiting++;
-        }
-    }
-
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
-
-    if (waiting && (ngx_msec_int_t) (op->deadline - ngx_current_msec) > 0) {
-        ngx_http_lua_ffi_op_wait(op, 100);
-        return;
-    }
-
-    n = ngx_http_lua_ffi_fmcf->nworkers;
-    buf = ngx_alloc(NGX_HTTP_LUA_FFI_STATUS_MAX * (n + 1), ngx_cycle->log);
-    if (buf == NULL) {
-        ngx_http_lua_ffi_op_error(op, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                  (u_char *) "no memory");
-        return;
-    }
-
-    last = buf + NGX_HTTP_LUA_FFI_STATUS_MAX * (n + 1);
-
-    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
-
-    p = ngx_slprintf(buf, last, "{\"libraries\":");
-    p = ngx_http_lua_ffi_status_libraries(p, last);
-    p = ngx_slprintf(p, last, ",\"reload_in_progress\":%s,"
-                     "\"worker_processes\":%ui,\"workers\":[",
-                     ngx_http_lua_ffi_shm->owner ? "true" : "false", n);
-
-    for (i = 0; i < n; i++) {
-        sw = &ngx_http_lua_ffi_shm->workers[i];
-
-        if (i) {
-            p = ngx_slprintf(p, last, ",");
+        if (i == NGX_ERROR) {
+            continue;
         }
 
-        if (ngx_http_lua_ffi_worker_alive(sw) && sw->status
-            && sw->status_seq >= op->seq
-            && (size_t) (last - p) > sw->status_len + 64)
-        {
-            p = ngx_cpymem(p, sw->status, sw->status_len);
+        (void) ngx_http_lua_ffi_reconcile(lib, i, err, sizeof(err));
 
-        } else {
-            p = ngx_slprintf(p, last, "{\"slot\":%ui,\"pid\":%P,"
-                             "\"answered\":false}", i, sw->pid);
-        }
+        waiting |= (lib->next != NULL);
     }
 
-    p = ngx_slprintf(p, last, "]}");
+    if (waiting) {
+        ngx_http_lua_ffi_follow();
+    }
+}
 
-    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+/*
+ * While a reload is under way, or something is prepared here, this worker
+ * also looks by itself: a coordinator of another generation (nginx -s
+ * reload) cannot write our eventfd, and a coordinator that died never
+ * tells. Nothing runs when no reload is under way.
+ */
 
-    ngx_http_lua_ffi_op_finish(op, NGX_HTTP_OK, buf, p - buf, NULL);
+static void
+ngx_http_lua_ffi_follow(void)
+{
+    if (!ngx_http_lua_ffi_follow_ev.timer_set && !ngx_exiting) {
+        ngx_add_timer(&ngx_http_lua_ffi_follow_ev,
+                      NGX_HTTP_LUA_FFI_FOLLOW_MSEC);
+    }
+}
 
-    ngx_free(buf);
+
+static void
+ngx_http_lua_ffi_follow_handler(ngx_event_t *ev)
+{
+    ngx_pid_t                    owner;
+    ngx_uint_t                   prepared;
+    ngx_queue_t                 *q;
+    ngx_http_lua_ffi_library_t  *lib;
+
+    ngx_http_lua_ffi_handle_command();
+    ngx_http_lua_ffi_reconcile_all();
+
+    prepared = 0;
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.libraries);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.libraries);
+         q = ngx_queue_next(q))
+    {
+        lib = ngx_queue_data(q, ngx_http_lua_ffi_library_t, link);
+        prepared |= (lib->next != NULL);
+    }
+
+    owner = ngx_http_lua_ffi_shm->owner;
+
+    if (prepared || (owner && owner != ngx_pid
+                     && ngx_http_lua_ffi_shm_alive(owner)))
+    {
+        ngx_http_lua_ffi_follow();
+    }
 }

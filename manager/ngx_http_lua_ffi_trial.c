@@ -1,5 +1,5 @@
 /*
- * Trying a new image in a short-lived process (build/ffi-trial) before any
+ * Trying a new image in a short-lived process (ffi-trial) before any
  * worker maps it: a crash in a constructor or libffi_init costs no worker.
  */
 
@@ -11,13 +11,16 @@
 
 
 #define NGX_HTTP_LUA_FFI_TRIAL_MSEC  5000
-#define NGX_HTTP_LUA_FFI_TRIAL_ARGS  16
 
 
 extern char **environ;
 
 
-/* ffi-trial lives next to the module: found once, by the module's path */
+/*
+ * ffi-trial is looked for next to the module first (the build tree), then
+ * in the helper folder chosen when the module was configured (a package's
+ * /usr/lib/...): no path of the build tree is compiled in.  Found once.
+ */
 
 static u_char *
 ngx_http_lua_ffi_trial_program(void)
@@ -33,36 +36,51 @@ ngx_http_lua_ffi_trial_program(void)
 
     looked = 1;
 
-    if (dladdr((void *) ngx_http_lua_ffi_trial_program, &info) == 0
-        || info.dli_fname == NULL
-        || ngx_strlen(info.dli_fname) + 16 >= NGX_HTTP_LUA_FFI_PATHLEN)
+    if (dladdr((void *) ngx_http_lua_ffi_trial_program, &info) != 0
+        && info.dli_fname != NULL
+        && ngx_strlen(info.dli_fname) + 16 < NGX_HTTP_LUA_FFI_PATHLEN)
     {
-        return NULL;
+        p = ngx_cpystrn(prog, (u_char *) info.dli_fname,
+                        NGX_HTTP_LUA_FFI_PATHLEN);
+
+        while (p > prog && p[-1] != '/') {
+            p--;
+        }
+
+        ngx_cpystrn(p, (u_char *) "ffi-trial", 10);
+
+        if (access((char *) prog, X_OK) == 0) {
+            return prog;
+        }
     }
 
-    p = ngx_cpystrn(prog, (u_char *) info.dli_fname,
-                    NGX_HTTP_LUA_FFI_PATHLEN);
+#ifdef NGX_HTTP_LUA_FFI_HELPER_DIR
+    ngx_cpystrn(prog, (u_char *) NGX_HTTP_LUA_FFI_HELPER_DIR "/ffi-trial",
+                NGX_HTTP_LUA_FFI_PATHLEN);
 
-    while (p > prog && p[-1] != '/') {
-        p--;
+    if (access((char *) prog, X_OK) == 0) {
+        return prog;
     }
+#endif
 
-    ngx_cpystrn(p, (u_char *) "ffi-trial", 10);
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno,
+                  "ffi: \"%s\" cannot run: new libraries are loaded "
+                  "without a trial", prog);
+    prog[0] = '\0';
 
-    if (access((char *) prog, X_OK) != 0) {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno,
-                      "ffi: \"%s\" cannot run: new libraries are loaded "
-                      "without a trial", prog);
-        prog[0] = '\0';
-        return NULL;
-    }
-
-    return prog;
+    return NULL;
 }
 
 
+/*
+ * Waits for the verdict line, the trial's exit, or the deadline. The
+ * verdict is a line on a channel of its own: a helper the library forked
+ * may hold it open for ever, so its end is not awaited.
+ */
+
 static ngx_int_t
-ngx_http_lua_ffi_trial_read(int fd, ngx_pid_t pid, u_char *line, size_t len)
+ngx_http_lua_ffi_trial_wait(int fd, ngx_pid_t pid, int *status, u_char *line,
+    size_t len)
 {
     int            n;
     size_t         got;
@@ -80,55 +98,118 @@ ngx_http_lua_ffi_trial_read(int fd, ngx_pid_t pid, u_char *line, size_t len)
 
         if ((ngx_msec_int_t) (deadline - now) <= 0) {
             (void) kill(pid, SIGKILL);
+            (void) waitpid(pid, status, 0);
             return NGX_AGAIN;
         }
 
         pfd.fd = fd;
         pfd.events = POLLIN;
+        pfd.revents = 0;
 
-        n = poll(&pfd, 1, (int) (deadline - now));
+        n = poll(&pfd, 1, ngx_min((int) (deadline - now), 50));
 
-        if (n == -1 && ngx_errno == NGX_EINTR) {
-            continue;
+        if (n == 1) {
+            r = read(fd, line + got, len - 1 - got);
+
+            if (r > 0) {
+                got += r;
+                line[got] = '\0';
+
+                if (ngx_strchr(line, '\n') || got == len - 1) {
+                    (void) waitpid(pid, status, 0);
+                    return NGX_OK;
+                }
+
+                continue;
+            }
+
+            if (r == -1 && ngx_errno == NGX_EINTR) {
+                continue;
+            }
         }
 
-        if (n <= 0) {
-            continue;
+        /* no verdict yet: did it end without one (a crash)? */
+        if (waitpid(pid, status, WNOHANG) == pid) {
+            r = read(fd, line + got, len - 1 - got);
+            got += (r > 0) ? r : 0;
+            line[got] = '\0';
+
+            return ngx_strchr(line, '\n') ? NGX_OK : NGX_ERROR;
         }
+    }
+}
 
-        r = read(fd, line + got, len - 1 - got);
 
-        if (r == -1 && ngx_errno == NGX_EINTR) {
-            continue;
-        }
+/* Every cfg on the trial's stdin: "N\n" and N bytes, "-\n" for nil. */
 
-        if (r <= 0 || (got += r) == len - 1) {
-            break;
+static ngx_int_t
+ngx_http_lua_ffi_trial_send(int fd, ngx_str_t *cfgs, ngx_uint_t ncfgs)
+{
+    u_char      head[32], *p, *last;
+    ssize_t     n;
+    ngx_uint_t  i, part;
+
+    for (i = 0; i < ncfgs; i++) {
+        for (part = 0; part < 2; part++) {
+            if (part == 0) {
+                p = head;
+                last = cfgs[i].data
+                       ? ngx_sprintf(head, "%uz\n", cfgs[i].len)
+                       : ngx_cpymem(head, "-\n", 2);
+
+            } else {
+                p = cfgs[i].data;
+                last = p ? p + cfgs[i].len : p;
+            }
+
+            while (p < last) {
+                n = write(fd, p, last - p);
+
+                if (n == -1 && ngx_errno == NGX_EINTR) {
+                    continue;
+                }
+
+                if (n <= 0) {
+                    return NGX_ERROR;
+                }
+
+                p += n;
+            }
         }
     }
 
-    line[got] = '\0';
-
-    return got ? NGX_OK : NGX_ERROR;
+    return NGX_OK;
 }
 
 
 /*
- * NGX_OK: the image mapped and libffi_init returned (what it returned is
- * for the real load to report); NGX_DECLINED: refused, err says why.
+ * NGX_OK: the image mapped and libffi_init returned 0 for every cfg (what
+ * a real load's libffi_init returns is for that load to report);
+ * NGX_DECLINED: refused, err says why.
+ *
+ * The trial inherits only what it needs: fd 0 (the cfgs, on a pipe: never
+ * on a command line or in an environment, which other users can read in
+ * /proc), fds 1 and 2 (the worker's error log, for whatever the library
+ * prints) and fd 3 (the verdict). Listening sockets, the shared zone's
+ * descriptors and every other fd of the worker are closed in it. It runs
+ * as the worker runs (same user, same environment: nginx has cleared it
+ * of all but TZ and the "env" directives), in a process group of its own
+ * so that helpers a library forks end with it.
  */
 
 ngx_int_t
 ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
-    ngx_uint_t ncfgs, u_char *err, size_t errlen)
+    ngx_uint_t ncfgs, ngx_uint_t global, u_char *err, size_t errlen)
 {
-    int                         fds[2], status;
-    char                       *argv[NGX_HTTP_LUA_FFI_TRIAL_ARGS + 4];
+    int                         in[2], out[2], status;
+    char                       *argv[6];
+    ngx_int_t                   fd, keep;
     u_char                     *prog, line[512], *nl;
     ngx_int_t                   rc;
-    ngx_uint_t                  i, n;
-    sigset_t                    chld, old;
+    ngx_uint_t                  n;
+    sigset_t                    chld, old, none;
     ngx_pid_t                   pid;
+    posix_spawnattr_t           attr;
     posix_spawn_file_actions_t  fa;
 
     prog = ngx_http_lua_ffi_trial_program();
@@ -136,20 +217,27 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
         return NGX_OK;
     }
 
-    if (pipe2(fds, O_CLOEXEC) == -1) {
+    if (pipe2(in, O_CLOEXEC) == -1) {
         ngx_snprintf(err, errlen, "pipe2() failed: %s%Z", strerror(errno));
+        return NGX_DECLINED;
+    }
+
+    if (pipe2(out, O_CLOEXEC) == -1) {
+        ngx_snprintf(err, errlen, "pipe2() failed: %s%Z", strerror(errno));
+        (void) close(in[0]);
+        (void) close(in[1]);
         return NGX_DECLINED;
     }
 
     n = 0;
     argv[n++] = (char *) prog;
-    argv[n++] = (char *) shadow;
-    argv[n++] = (char *) path->data;
 
-    for (i = 0; i < ncfgs && i < NGX_HTTP_LUA_FFI_TRIAL_ARGS; i++) {
-        argv[n++] = cfgs[i].data ? (char *) cfgs[i].data : "-";
+    if (global) {
+        argv[n++] = "-g";
     }
 
+    argv[n++] = (char *) shadow;
+    argv[n++] = (char *) path->data;
     argv[n] = NULL;
 
     /*
@@ -160,27 +248,61 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
     sigaddset(&chld, SIGCHLD);
     (void) pthread_sigmask(SIG_BLOCK, &chld, &old);
 
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    sigemptyset(&none);
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK
+                                    | POSIX_SPAWN_SETPGROUP);
 
-    rc = posix_spawn(&pid, (char *) prog, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, STDERR_FILENO, STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 3);
+
+    keep = 4;
+
+    if (ngx_strncmp(shadow, "/proc/self/fd/", 14) == 0) {
+        /* an anonymous image: the trial gets that one descriptor too */
+        fd = ngx_atoi(shadow + 14, ngx_strlen(shadow + 14));
+        if (fd > 3) {
+            posix_spawn_file_actions_adddup2(&fa, fd, 4);
+            argv[global ? 2 : 1] = "/proc/self/fd/4";
+            keep = 5;
+        }
+    }
+
+    posix_spawn_file_actions_addclosefrom_np(&fa, keep);
+
+    rc = posix_spawn(&pid, (char *) prog, &fa, &attr, argv, environ);
 
     posix_spawn_file_actions_destroy(&fa);
-    (void) close(fds[1]);
+    posix_spawnattr_destroy(&attr);
+    (void) close(in[0]);
+    (void) close(out[1]);
 
     if (rc != 0) {
         (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
-        (void) close(fds[0]);
+        (void) close(in[1]);
+        (void) close(out[0]);
         ngx_snprintf(err, errlen, "cannot start \"%s\": %s%Z", prog,
                      strerror(rc));
         return NGX_DECLINED;
     }
 
-    rc = ngx_http_lua_ffi_trial_read(fds[0], pid, line, sizeof(line));
-    (void) close(fds[0]);
+    /* a trial that died before reading shows below as a crash */
+    (void) ngx_http_lua_ffi_trial_send(in[1], cfgs, ncfgs);
+    (void) close(in[1]);
 
     status = 0;
-    (void) waitpid(pid, &status, 0);
+    line[0] = '\0';
+    rc = ngx_http_lua_ffi_trial_wait(out[0], pid, &status, line,
+                                     sizeof(line));
+    (void) close(out[0]);
+
+    /* helpers the library started in the trial go with it */
+    (void) kill(-pid, SIGKILL);
+
     (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
 
     if (rc == NGX_AGAIN) {
@@ -209,8 +331,7 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
         *nl = '\0';
     }
 
-    if (ngx_strncmp(line, "ok", 2) == 0 || ngx_strncmp(line, "init ", 5) == 0)
-    {
+    if (ngx_strcmp(line, "ok") == 0 || ngx_strncmp(line, "init ", 5) == 0) {
         return NGX_OK;
     }
 

@@ -6,9 +6,11 @@
 #include <sys/inotify.h>
 
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 
 #define NGX_HTTP_LUA_FFI_WATCH_DIRS  64
+#define NGX_HTTP_LUA_FFI_WATCH_RETRY_MSEC  1000
 
 #define NGX_HTTP_LUA_FFI_WATCH_MASK                                          \
     (IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM)
@@ -162,7 +164,14 @@ ngx_http_lua_ffi_watch_library(ngx_http_lua_ffi_library_t *lib)
 
 watched:
 
-    ngx_http_lua_ffi_shm_set_watched(&lib->path);
+    if (ngx_http_lua_ffi_shm_set_watched(&lib->path)) {
+        /*
+         * The file changed before this worker watched it (a drop while
+         * only the workers of an older configuration watched): judged
+         * now, like a drop seen.
+         */
+        ngx_http_lua_ffi_watch_schedule(lib, "missed");
+    }
 
     ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                   "ffi: watching \"%V\" for new versions", &lib->path);
@@ -292,6 +301,13 @@ ngx_http_lua_ffi_watch_fire(ngx_event_t *ev)
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
                        "ffi: \"%V\" changed, another worker acts on it",
                        &lib->path);
+
+        /* until it did: the actor may die first, then this one acts */
+        if (ngx_http_lua_ffi_shm_drop_pending(&lib->path)) {
+            ngx_add_timer(&lib->watch_timer,
+                          NGX_HTTP_LUA_FFI_WATCH_RETRY_MSEC);
+        }
+
         return;
     }
 
@@ -322,6 +338,23 @@ ngx_http_lua_ffi_watch_done(void *data, ngx_int_t status, u_char *body,
 
     lib->watch_reloading = 0;
 
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        /*
+         * Not judged: the file could not be read or copied now (ENOSPC,
+         * EMFILE, EIO), or another reload held the turn too long. Tried
+         * again, never given up: the drop is still there.
+         */
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "ffi: file dropped at \"%V\" not judged yet, "
+                      "trying again in %M ms: %s", &lib->path,
+                      (ngx_msec_t) NGX_HTTP_LUA_FFI_WATCH_RETRY_MSEC,
+                      msg ? msg : (u_char *) "unknown error");
+
+        ngx_add_timer(&lib->watch_timer, NGX_HTTP_LUA_FFI_WATCH_RETRY_MSEC);
+        lib->watch_again = 0;
+        return;
+    }
+
     /* 304: the same bytes already serve (another worker saw it first) */
     if (status != NGX_HTTP_NOT_MODIFIED) {
         if (status == NGX_HTTP_OK) {
@@ -343,6 +376,7 @@ ngx_http_lua_ffi_watch_done(void *data, ngx_int_t status, u_char *body,
         }
 
         ngx_http_lua_ffi_shm_note_drop(&lib->path, lib->watch_event, outcome);
+        ngx_http_lua_ffi_metrics_drop(&lib->path, status);
     }
 
     if (lib->watch_again) {

@@ -155,6 +155,70 @@ const char *ngx_http_lua_ffi_library_path(void *tq);
 int ngx_http_lua_ffi_task_poll_batch(void *tq, void **tasks, int n);
 
 
+/*
+ * RUNTIME SERVICES (additions; a library that uses none of them needs no
+ * change). Each is callable from any thread of the runtime, from
+ * libffi_init on, until the runtime took its NULL task. A library that
+ * wants to load into an older host too looks them up with
+ * dlsym(RTLD_DEFAULT, "ngx_http_lua_ffi_log") instead of linking them.
+ * The trial process (ffi_trial) provides them as well: there, log lines
+ * go to the trial's stderr and every dict operation fails with ENODICT.
+ *
+ * ngx_http_lua_ffi_log: one line into the worker's error.log, at an nginx
+ * level (NGX_LOG_EMERG 1 ... NGX_LOG_DEBUG 8), as
+ *
+ *     2026/01/02 10:00:00 [warn] 1234#1234: ffi: [NAME vN] the message
+ *
+ * NAME is the name the library was loaded with, N the runtime's version
+ * (the library version it started as, /ffi/status's runtimes[].version).
+ * len 0 means msg is NUL-terminated; trailing newlines are dropped; a line
+ * over 2 KB is cut. Lines are written by the worker's event loop, so they
+ * honour error_log's level and every target and survive `nginx -s
+ * reopen`. The call never waits for the event loop: the line is copied
+ * into a bounded per-worker buffer (256 KB between two turns of the loop).
+ * Returns 0 (also when error_log's level filters the line out), or -1
+ * when the line was dropped because the buffer was full (counted as
+ * "log_dropped" per worker in /ffi/status) or level was out of range.
+ * tq may be NULL: the line then carries no library name.
+ */
+int ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len);
+
+/*
+ * Shared dicts: the `lua_shared_dict NAME SIZE;` zones of nginx.conf, by
+ * NAME, with ngx.shared.DICT's semantics; Lua and runtimes see one
+ * another's writes at once, across every worker. Each call takes the
+ * zone's lock for that one operation. Keys are bytes, 1 to 65535 of them;
+ * a key_len (or val_len) below 0 means NUL-terminated. tq may be NULL.
+ *
+ * get:  *val is a malloc()ed copy (the caller free()s it), NUL-terminated
+ *       beyond *val_len (val_len may be NULL). A number comes back as Lua's
+ *       tostring() writes it ("42", "0.5", "1e+20", "inf"), a boolean as
+ *       "true" or "false". A list value (lpush) is DICT_ETYPE.
+ * set:  stores val as a Lua string; val NULL deletes the key. exptime in
+ *       seconds (0: never; under 1 ms counts as 0); when the zone is full
+ *       the least recently used entries are evicted, as set() does.
+ * incr: by added to a number; an absent or expired key starts at init
+ *       (and never expires); a live key keeps its expiry. *result (may be
+ *       NULL) gets the new value. A value that is not a number: ETYPE.
+ *
+ * The names differ from lua-nginx-module's own ngx_http_lua_ffi_shdict_*
+ * on purpose: those live in the same process with other signatures.
+ */
+#define NGX_HTTP_LUA_FFI_DICT_OK          0
+#define NGX_HTTP_LUA_FFI_DICT_NOT_FOUND   1    /* get: absent or expired */
+#define NGX_HTTP_LUA_FFI_DICT_ENODICT    -1    /* no lua_shared_dict NAME */
+#define NGX_HTTP_LUA_FFI_DICT_ENOMEM     -2    /* zone full, or malloc */
+#define NGX_HTTP_LUA_FFI_DICT_ETYPE      -3    /* not a number; a list */
+#define NGX_HTTP_LUA_FFI_DICT_EINVAL     -4    /* bad key, exptime, NULL */
+
+int ngx_http_lua_ffi_dict_get(void *tq, const char *dict, const char *key,
+    int key_len, char **val, int *val_len);
+int ngx_http_lua_ffi_dict_set(void *tq, const char *dict, const char *key,
+    int key_len, const char *val, int val_len, double exptime);
+int ngx_http_lua_ffi_dict_incr(void *tq, const char *dict, const char *key,
+    int key_len, double by, double init, double *result);
+
+
 #ifdef __cplusplus
 }
 #endif

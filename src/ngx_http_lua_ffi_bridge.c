@@ -28,9 +28,18 @@ static void ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle,
 
 
 ngx_http_lua_ffi_worker_t  ngx_http_lua_ffi_worker;
+ngx_http_lua_ffi_hooks_t   ngx_http_lua_ffi_hooks;
 
 /* read by runtime threads: set before any runtime exists */
 static int  ngx_http_lua_ffi_notify_fd = -1;
+
+/* the call-latency histogram's bounds: 10 us to 10 s */
+const uint64_t  ngx_http_lua_ffi_bounds_ns[NGX_HTTP_LUA_FFI_BOUNDS] = {
+    10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, 25000000, 50000000,
+    100000000, 250000000, 500000000,
+    1000000000, 2500000000ULL, 5000000000ULL, 10000000000ULL
+};
 
 
 ngx_int_t
@@ -149,6 +158,9 @@ ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
 
     ngx_http_lua_ffi_bridge_stop_polling();
 
+    /* what runtimes logged while they stopped */
+    ngx_http_lua_ffi_log_flush();
+
     if (w->notify) {
         /* the fd belongs to the master's array: only stop watching it */
         ngx_del_event(w->notify->read, NGX_READ_EVENT, 0);
@@ -255,9 +267,12 @@ ngx_http_lua_ffi_bridge_handler(ngx_event_t *ev)
 {
     ngx_http_lua_ffi_bridge_drain_fd();
     ngx_http_lua_ffi_bridge_process();
+    ngx_http_lua_ffi_log_flush();
 
     /* other workers write here too: reloads and status requests */
-    ngx_http_lua_ffi_reload_notified();
+    if (ngx_http_lua_ffi_hooks.notified) {
+        ngx_http_lua_ffi_hooks.notified();
+    }
 }
 
 
@@ -328,7 +343,9 @@ ngx_http_lua_ffi_bridge_process(void)
         next = task->next;
 
         if (task->kind == NGX_HTTP_LUA_FFI_TASK_DRAINED) {
-            ngx_http_lua_ffi_registry_drained(task->runtime);
+            if (ngx_http_lua_ffi_hooks.drained) {
+                ngx_http_lua_ffi_hooks.drained(task->runtime);
+            }
 
         } else if (task->kind == NGX_HTTP_LUA_FFI_TASK_STRAY) {
             ngx_http_lua_ffi_task_strays_count();
@@ -451,7 +468,7 @@ ngx_http_lua_ffi_keeper_handler(ngx_event_t *ev)
  */
 
 static void
-ngx_http_lua_ffi_busy_start(void)
+ngx_http_lua_ffi_busy_start(uint64_t now)
 {
     ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
 
@@ -459,7 +476,7 @@ ngx_http_lua_ffi_busy_start(void)
         return;
     }
 
-    w->busy_until = ngx_http_lua_ffi_now_ns() + w->busy_poll_ns;
+    w->busy_until = now + w->busy_poll_ns;
 
     if (!w->busy.posted) {
         __atomic_store_n(&w->polling, 1, __ATOMIC_SEQ_CST);
@@ -576,6 +593,7 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
         if (rc == NGX_BUSY) {
             rt->failed++;
+            rt->metrics->c.queue_full++;
             *err = "queue full";
 
         } else {
@@ -587,8 +605,15 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
     rt->inflight++;
     rt->calls++;
+    rt->metrics->c.calls++;
+    rt->metrics->inflight++;
+    rt->metrics->queued++;
+    task->metrics = rt->metrics;
+    task->posted_ns = ngx_http_lua_ffi_now_ns();
     ngx_http_lua_ffi_inflight_inc();
-    ngx_http_lua_ffi_busy_start();
+
+    /* one clock read a call: the latency's start and busy polling's */
+    ngx_http_lua_ffi_busy_start(task->posted_ns);
     ngx_queue_insert_tail(&ngx_http_lua_ffi_worker.calls, &task->inflight);
 
     ngx_http_lua_cleanup_pending_operation(coctx);
@@ -623,6 +648,7 @@ ngx_http_lua_ffi_call_cleanup(void *data)
 
     task = coctx->data;
     task->co_ctx = NULL;
+    task->metrics->c.orphaned++;
 
     if (task->timer.timer_set) {
         ngx_del_timer(&task->timer);
@@ -637,6 +663,7 @@ ngx_http_lua_ffi_call_timeout(ngx_event_t *ev)
 
     /* the runtime still owns the task: its late answer is freed */
     task->abandoned = "timeout";
+    task->metrics->c.timeouts++;
     ngx_http_lua_ffi_call_wakeup(task);
 }
 
@@ -651,9 +678,21 @@ ngx_http_lua_ffi_call_complete(ngx_http_lua_ffi_task_t *task)
     }
 
     rt->inflight--;
+    task->metrics->inflight--;
+
+    if (task->rc == 0) {
+        task->metrics->c.ok++;
+
+    } else {
+        task->metrics->c.failed++;
+    }
+
     ngx_queue_remove(&task->inflight);
     ngx_http_lua_ffi_inflight_dec();
-    ngx_http_lua_ffi_registry_answered(rt);
+
+    if (ngx_http_lua_ffi_hooks.answered) {
+        ngx_http_lua_ffi_hooks.answered(rt);
+    }
 
     /* after exit_process began no coroutine may run: answers are dropped */
     if (task->co_ctx == NULL || ngx_http_lua_ffi_worker.exiting) {
@@ -772,6 +811,9 @@ ngx_http_lua_ffi_call_resume(ngx_http_request_t *r)
     nret = ngx_http_lua_ffi_push_results(ctx->cur_co_ctx->co, task);
 
     if (task->abandoned == NULL) {
+        /* post to resume: what the caller waited, queueing included */
+        ngx_http_lua_ffi_counters_observe(&task->metrics->c,
+                                ngx_http_lua_ffi_now_ns() - task->posted_ns);
         ngx_http_lua_ffi_task_free(task);
     }
 

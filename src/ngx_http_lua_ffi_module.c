@@ -5,6 +5,7 @@
 
 #include "ngx_http_lua_ffi_module.h"
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_metrics.h"
 
 #include <sys/eventfd.h>
 
@@ -207,6 +208,13 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
             tmp = "/tmp";
         }
 
+#ifdef NGX_HTTP_LUA_FFI_SHADOW_DIR
+        /* an installed module writes only where its package owns a folder */
+        if (access(NGX_HTTP_LUA_FFI_SHADOW_DIR, F_OK) == 0) {
+            tmp = NGX_HTTP_LUA_FFI_SHADOW_DIR;
+        }
+#endif
+
         fmcf->shadow_path.len = ngx_strlen(tmp);
         fmcf->shadow_path.data = (u_char *) tmp;
     }
@@ -271,6 +279,10 @@ ngx_http_lua_ffi_postconfiguration(ngx_conf_t *cf)
     ngx_http_lua_ffi_main_conf_t  *fmcf;
 
     fmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_lua_ffi_module);
+
+    if (ngx_http_lua_ffi_metrics_add(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_lua_ffi_shm_add(cf, fmcf);
 }
@@ -402,6 +414,10 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_lua_ffi_metrics_init_worker(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_lua_ffi_watch_init(cycle) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -464,6 +480,7 @@ ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
     ngx_http_lua_ffi_bridge_stop_polling();
     ngx_http_lua_ffi_watch_exit(cycle);
     ngx_http_lua_ffi_registry_exit(cycle);
+    ngx_http_lua_ffi_metrics_exit_worker(cycle);
     ngx_http_lua_ffi_manager_exit_worker(cycle);
     ngx_http_lua_ffi_bridge_exit(cycle);
 

@@ -14,6 +14,7 @@
 
 #include "ngx_http_lua_common.h"
 #include "ngx_http_lua_ffi.h"
+#include "ngx_http_lua_ffi_counters.h"
 
 
 #define NGX_HTTP_LUA_FFI_API  __attribute__((visibility("default")))
@@ -87,6 +88,9 @@ struct ngx_http_lua_ffi_task_s {
     uintptr_t                     owner_since;   /* its first seq here */
     ngx_uint_t                    prev_rt_id;    /* the runtime before */
     uintptr_t                     prev_owner_since;
+
+    ngx_http_lua_ffi_series_t    *metrics;   /* its runtime's, at post */
+    uint64_t                      posted_ns;
 };
 
 
@@ -130,6 +134,7 @@ struct ngx_http_lua_ffi_runtime_s {
     ngx_uint_t                    inflight;  /* posted, not yet answered */
     ngx_uint_t                    calls;
     ngx_uint_t                    failed;    /* refused: queue full */
+    ngx_http_lua_ffi_series_t    *metrics;   /* never NULL once started */
     ngx_msec_t                    started;
     ngx_msec_t                    drain_started;
     ngx_http_lua_ffi_rt_state_e   state;
@@ -304,22 +309,35 @@ void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
 /* signal: nginx's handlers run on the event loop thread only */
 ngx_int_t ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle);
 
+/* log: runtime lines, written on the event loop */
+void ngx_http_lua_ffi_log_flush(void);
+ngx_uint_t ngx_http_lua_ffi_log_dropped(void);
+
 /* registry: manager/ */
 ngx_http_lua_ffi_handle_t *ngx_http_lua_ffi_registry_load(ngx_str_t *lib,
     ngx_str_t *cfg, ngx_uint_t max_queue, ngx_uint_t flags,
     ngx_msec_t timeout, int *rc, u_char *err, size_t errlen);
 void ngx_http_lua_ffi_registry_unload(ngx_http_lua_ffi_handle_t *h);
 void ngx_http_lua_ffi_registry_release(ngx_http_lua_ffi_handle_t *h);
-void ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt);
-void ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_exit(ngx_cycle_t *cycle);
 void ngx_http_lua_ffi_registry_retire(ngx_http_lua_ffi_runtime_t *rt);
 
 #define NGX_HTTP_LUA_FFI_LOAD_GLOBAL   0x1
 #define NGX_HTTP_LUA_FFI_LOAD_UNPIN    0x2
 
-/* reload: manager/, across workers */
-void ngx_http_lua_ffi_reload_notified(void);
+/*
+ * What the layer above hears from the bridge, through handlers it sets at
+ * init (as nginx's event modules set theirs): a retired runtime took its
+ * NULL task, a call was answered, another worker wrote our eventfd. NULL:
+ * nobody listens.
+ */
+typedef struct {
+    void  (*drained)(ngx_http_lua_ffi_runtime_t *rt);
+    void  (*answered)(ngx_http_lua_ffi_runtime_t *rt);
+    void  (*notified)(void);
+} ngx_http_lua_ffi_hooks_t;
+
+extern ngx_http_lua_ffi_hooks_t    ngx_http_lua_ffi_hooks;
 
 
 #endif /* _NGX_HTTP_LUA_FFI_MODULE_H_INCLUDED_ */

@@ -199,6 +199,7 @@ ngx_http_lua_ffi_queue_take(ngx_http_lua_ffi_queue_t *q, void **tasks, int n)
 
     __atomic_store_n(&q->size, q->size - got, __ATOMIC_RELEASE);
     q->taken += got;
+    ((ngx_http_lua_ffi_runtime_t *) q)->metrics->taken += got;
 
     first_null = (got == 0 && !q->closed);
     if (got == 0) {

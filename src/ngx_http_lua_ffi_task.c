@@ -361,13 +361,19 @@ ngx_http_lua_ffi_strays_add(ngx_uint_t id, ngx_uint_t n)
 
     rt->queue.strays += n;
 
+    if (rt->metrics) {
+        rt->metrics->c.strays += n;
+    }
+
+    /* no cfg in error.log: it is where passwords go (hot-reload.md) */
     if (!rt->queue.stray_logged) {
         rt->queue.stray_logged = 1;
         ngx_log_error(NGX_LOG_WARN, w->log, 0,
-                      "ffi: runtime \"%V\" of \"%V\" answered a task it did "
-                      "not hold (a second answer, or one before it took the "
-                      "task): dropped; counted as \"stray\" in status, not "
-                      "logged again", &rt->cfg, &rt->image->library->path);
+                      "ffi: a runtime of \"%V\" (version %ui) answered a "
+                      "task it did not hold (a second answer, or one before "
+                      "it took the task): dropped; counted as \"stray\" in "
+                      "status, not logged again",
+                      &rt->image->library->path, rt->generation);
     }
 }
 

@@ -207,6 +207,14 @@ for my $r (@runtimes) {
            "$label: SIGUSR1 on thread $some[$i] reopens the logs");
     }
 
+    # passed on with its siginfo: nginx still names who sent it
+    if (@some) {
+        my $usr1 = POSIX::SIGUSR1();
+        is(scalar(() = worker_lines($w,
+               qr/ $w#$w: signal $usr1 \(SIGUSR1\) received from $$,/)),
+           scalar @some, "$label: nginx's handler saw the sender's pid");
+    }
+
     my @foreign = worker_lines($w, qr/signal \d+ \(\w+\) received/);
     @foreign = grep { !/\] $w#$w: / } @foreign;
     is(scalar @foreign, 0, "$label: nginx's handlers ran on the loop only")

@@ -4,7 +4,7 @@
 use lib 't/lib';
 use lib 't/lib/misbehave';
 use FFITest;
-use MBTest qw(release install escape reload status);
+use MBTest qw(release install escape reload status workers);
 use Test::More;
 use JSON::PP;
 use File::Copy qw(copy);

@@ -92,7 +92,7 @@ close $f;
 install(release('v1'), $ver);
 FFITest::start_nginx(workers => 2, config => $config,
                      http_config => "lua_shared_dict counts 1m;\n"
-                                    . "ffi_watch on;\nffi_watch_delay 100ms;\n"
+                                    . "ffi_watch on;\nffi_watch_delay 1s;\n"
                                     . "ffi_close_grace 50ms;",
                      init_worker_by_lua_block => <<"LUA");
 assert(ngx.load_ffi("$ver", nil, {unpin = true}))
@@ -135,8 +135,9 @@ for my $i (1 .. $RELOADS) {
     install(release($v), $ver);
 
     if ($i % 4 == 1 || $i % 4 == 2) {
-        # admin: the POST comes before the watcher's delay is up; the
-        # watcher then finds the same bytes serving and does nothing
+        # admin: the POST comes before the watcher's delay (1 s, ten times
+        # what a loaded ASan run needs) is up; the watcher then finds the
+        # same bytes serving and does nothing
         my ($status, $json, $body) = reload($ver);
         push @admin, $status == 200 && $json->{version} == $version
                      ? 'ok' : "reload $i: $status $body";

@@ -29,8 +29,9 @@ location = /call {
 }
 location = /loop {
     content_by_lua_block {
-        -- n calls in a row, each timing out before its late answer comes
-        local rt = assert(ngx.load_ffi("$silent", "late=60"))
+        -- n calls in a row, each answered only once the next one came,
+        -- so each times out first; "flush" brings the last late answer
+        local rt = assert(ngx.load_ffi("$silent", "late=next"))
         local n, timeouts = tonumber(ngx.var.arg_n), 0
         for i = 1, n do
             local ok, res = rt:call("loop:" .. i, 0.03)
@@ -38,7 +39,8 @@ location = /loop {
                 timeouts = timeouts + 1
             end
         end
-        ngx.say(timeouts, " of ", n, " timed out")
+        local ok = rt:call("flush")
+        ngx.say(timeouts, " of ", n, " timed out, flush ", tostring(ok))
     }
 }
 location = /pid { content_by_lua_block { ngx.say(ngx.worker.pid()) } }
@@ -99,11 +101,11 @@ is("$ok $res", 'true <1048576 bytes>',
 # RSS does not keep the late answers: 150 x 1 MiB, one at a time
 my ($pid) = workers(1);
 my ($st, $body) = FFITest::http('GET', '/loop?n=20');
-is($body, "20 of 20 timed out\n", 'warm-up: 20 late answers');
+is($body, "20 of 20 timed out, flush true\n", 'warm-up: 20 late answers');
 ok(FFITest::wait_for_log(qr/answered loop:20 late/), 'warm-up answered');
 my $before = footprint($pid);
 ($st, $body) = FFITest::http('GET', '/loop?n=150', undef, undef, 30);
-is($body, "150 of 150 timed out\n", '150 calls timed out');
+is($body, "150 of 150 timed out, flush true\n", '150 calls timed out');
 ok(FFITest::wait_for_log(qr/answered loop:150 late/),
    'the last late answer came');
 my $after = footprint($pid);

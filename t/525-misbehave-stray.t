@@ -99,15 +99,16 @@ sub strays {
     return $n;
 }
 
-# cfg is redacted in status unless asked for: the runtimes are told by it
-FFITest::start_nginx(workers => 1, http_config => "ffi_status_cfg on;",
-                     config => "lua_check_client_abort on;\n" . $config);
+# status names runtimes by their cfg: shown as it is (ffi_status_cfg on)
+FFITest::start_nginx(workers => 1, config => "lua_check_client_abort on;\n"
+                                             . $config,
+                     http_config => 'ffi_status_cfg on;');
 
 # --- a second answer at once, 1,000 calls in a row
 my ($status, $body) = FFITest::http('GET', '/seq?cmd=twice&n=1000');
 is($body, "0 wrong of 1000\n", 'answered twice: each call got its own first answer');
 is(strays('a'), 1000, 'status: 1000 stray answers');
-ok(FFITest::wait_for_log(qr/runtime "a" of "\Q$lib\E" answered a task it did not hold/),
+ok(FFITest::wait_for_log(qr/a runtime of "\Q$lib\E" \(version 1\) answered a task it did not hold/),
    'logged');
 
 # --- answers to calls 1 to 1023 calls old, over 100,000 reuses of a task
@@ -149,8 +150,8 @@ is($lines, 1, 'logged once for the runtime');
 FFITest::stop_nginx('stray answers');
 
 # --- guesses of a task still queued (a fresh worker: tasks are predictable)
-FFITest::start_nginx(workers => 1, http_config => "ffi_status_cfg on;",
-                     config => $config);
+FFITest::start_nginx(workers => 1, config => $config,
+                     http_config => 'ffi_status_cfg on;');
 ($status, $body) = FFITest::http('GET', '/early', undef, undef, 30);
 is($body, "forge: true forged\nrelease: true released\ntrue P\n"
           . "true victim\ntrue behind\ntrue after\n",

@@ -1,9 +1,11 @@
 /*
  * The C demo runtime: answers every request with the same bytes. A model
- * for library authors: one poll thread per runtime, joined on unload.
+ * for library authors: one poll thread per runtime, joined on unload; it
+ * logs its start into error.log and counts it in a shared dict.
  */
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +17,18 @@
 void *ngx_http_lua_ffi_task_poll(void *tq);
 char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
 void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len);
+
+/*
+ * The runtime services (src/ngx_http_lua_ffi.h), weak: a host without
+ * them (upstream's) still loads this library, and they are NULL there.
+ */
+#pragma weak ngx_http_lua_ffi_log
+#pragma weak ngx_http_lua_ffi_dict_incr
+int ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len);
+int ngx_http_lua_ffi_dict_incr(void *tq, const char *dict, const char *key,
+    int key_len, double by, double init, double *result);
+
+#define DEMO_LOG_NOTICE  6
 
 
 /* One per runtime: several runtimes (cfg values, versions) may coexist. */
@@ -64,12 +78,44 @@ demo_poll(void *arg)
 }
 
 
+/*
+ * Says so in error.log, with the start's number when nginx.conf has a
+ * "lua_shared_dict ffi_examples" (Lua reads the same counter with
+ * ngx.shared.ffi_examples:get("demo_starts")).
+ */
+
+static void
+demo_started(void *tq)
+{
+    char    line[64];
+    double  starts;
+
+    if (ngx_http_lua_ffi_log == NULL || ngx_http_lua_ffi_dict_incr == NULL) {
+        return;
+    }
+
+    if (ngx_http_lua_ffi_dict_incr(tq, "ffi_examples", "demo_starts", -1,
+                                   1, 0, &starts)
+        == 0)
+    {
+        snprintf(line, sizeof(line), "demo: start number %.0f", starts);
+
+    } else {
+        snprintf(line, sizeof(line), "demo: start");
+    }
+
+    (void) ngx_http_lua_ffi_log(tq, DEMO_LOG_NOTICE, line, 0);
+}
+
+
 int
 libffi_init(char *cfg, void *tq)
 {
     demo_runtime_t  *rt;
 
     (void) cfg;     /* a copy, freed after we return: keep none of it */
+
+    demo_started(tq);
 
     rt = calloc(1, sizeof(demo_runtime_t));
     if (rt == NULL) {

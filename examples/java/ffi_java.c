@@ -13,6 +13,9 @@
  * jnr-ffi jars. $JAVA_OPTS (space separated) adds options to the JVM, which
  * is created on the first init and lives as long as the process: a JVM
  * cannot be unloaded, so this library pins itself (never dlclose()d).
+ *
+ * System.out and System.err become lines of nginx's error.log through the
+ * host's ngx_http_lua_ffi_log() (resty.ffi.NginxLog, carried as bytes).
  */
 
 #define _GNU_SOURCE
@@ -31,6 +34,8 @@
 
 /* FreshClassLoader_class[], FreshClassLoader_class_len: made by the Makefile */
 #include "FreshClassLoader.h"
+/* NginxLog_class[], NginxLog_class_len: likewise */
+#include "NginxLog.h"
 
 
 #define FFI_JAVA_MAX_OPTIONS  64
@@ -63,6 +68,10 @@ int libffi_init(char *cfg, void *tq);
 /* the host's, where it has it (ours does): the file we were loaded from */
 const char *ngx_http_lua_ffi_library_path(void *tq) __attribute__((weak));
 
+/* the host's logging service (src/ngx_http_lua_ffi.h), where it has it */
+int ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len)
+    __attribute__((weak));
+
 static void ffi_java_log(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
 static char *ffi_java_join(const char *a, const char *b);
@@ -72,6 +81,8 @@ static void *ffi_java_boot(void *data);
 static int ffi_java_boot_options(JavaVMOption *options, char *class_path,
     char *java_opts);
 static int ffi_java_define_fresh_loader(JNIEnv *env);
+static int ffi_java_define_log(JNIEnv *env, jobject system_loader);
+static void ffi_java_bind(JNIEnv *env, void *tq);
 static int ffi_java_parse_cfg(char *buf, ffi_java_cfg_t *cfg);
 static jclass ffi_java_find_class(JNIEnv *env, ffi_java_cfg_t *cfg);
 static int ffi_java_call(JNIEnv *env, ffi_java_cfg_t *cfg, void *tq);
@@ -86,6 +97,8 @@ static int              ffi_java_vm_failed;
 static char            *ffi_java_fresh_path;   /* where "?" classes are */
 static jclass           ffi_java_fresh_class;  /* a global reference */
 static jmethodID        ffi_java_fresh_load;
+static jclass           ffi_java_log_class;    /* a global reference */
+static jmethodID        ffi_java_log_bind;
 
 
 int
@@ -159,7 +172,10 @@ libffi_init(char *cfg, void *tq)
         attached = 1;
     }
 
+    /* init() and the threads it starts log for this runtime */
+    ffi_java_bind(env, tq);
     rc = ffi_java_call(env, &parsed, tq);
+    ffi_java_bind(env, NULL);
 
     if (attached) {
         (*ffi_java_vm)->DetachCurrentThread(ffi_java_vm);
@@ -490,7 +506,118 @@ ffi_java_define_fresh_loader(JNIEnv *env)
                                   "resty.ffi.FreshClassLoader");
     }
 
+    return ffi_java_define_log(env, system_loader);
+}
+
+
+/* resty.ffi.NginxLog.log0(): one line, by length, for runtime tq */
+
+static jboolean JNICALL
+ffi_java_native_log(JNIEnv *env, jclass cls, jlong tq, jint level,
+    jbyteArray msg, jint len)
+{
+    int   rc;
+    char  line[2048];
+
+    (void) cls;
+
+    /* nginx cuts a longer line anyway */
+    if (len > (jint) sizeof(line)) {
+        len = sizeof(line);
+    }
+
+    if (len < 0 || msg == NULL) {
+        return JNI_FALSE;
+    }
+
+    (*env)->GetByteArrayRegion(env, msg, 0, len, (jbyte *) line);
+
+    if ((*env)->ExceptionCheck(env)) {
+        return JNI_FALSE;
+    }
+
+    if (ngx_http_lua_ffi_log == NULL) {
+        /* a host without the service: stderr is nginx's error log */
+        fprintf(stderr, "%.*s\n", (int) len, line);
+        return JNI_TRUE;
+    }
+
+    /* len 0 means NUL-terminated: an empty line is "" */
+    rc = ngx_http_lua_ffi_log((void *) (uintptr_t) tq, level,
+                              len ? line : "", len);
+
+    return rc == 0 ? JNI_TRUE : JNI_FALSE;
+}
+
+
+/*
+ * Defines resty.ffi.NginxLog beside FreshClassLoader, registers its native
+ * log0() and points System.out and System.err at it.
+ */
+
+static int
+ffi_java_define_log(JNIEnv *env, jobject system_loader)
+{
+    jclass           cls;
+    jmethodID        install;
+    JNINativeMethod  native;
+
+    cls = (*env)->FindClass(env, "resty/ffi/NginxLog");
+
+    if (cls == NULL) {
+        (*env)->ExceptionClear(env);
+        cls = (*env)->DefineClass(env, "resty/ffi/NginxLog", system_loader,
+                                  (const jbyte *) NginxLog_class,
+                                  NginxLog_class_len);
+    }
+
+    if (cls == NULL) {
+        return ffi_java_exception(env, "cannot define", "resty.ffi.NginxLog");
+    }
+
+    native.name = "log0";
+    native.signature = "(JI[BI)Z";
+    native.fnPtr = (void *) ffi_java_native_log;
+
+    if ((*env)->RegisterNatives(env, cls, &native, 1) != 0) {
+        return ffi_java_exception(env, "cannot register",
+                                  "resty.ffi.NginxLog.log0()");
+    }
+
+    install = (*env)->GetStaticMethodID(env, cls, "install", "()V");
+    ffi_java_log_bind = (*env)->GetStaticMethodID(env, cls, "bind", "(J)V");
+
+    if (install == NULL || ffi_java_log_bind == NULL) {
+        return ffi_java_exception(env, "cannot find",
+                                  "resty.ffi.NginxLog's methods");
+    }
+
+    (*env)->CallStaticVoidMethod(env, cls, install);
+
+    if ((*env)->ExceptionCheck(env)) {
+        return ffi_java_exception(env, "exception in",
+                                  "resty.ffi.NginxLog.install()");
+    }
+
+    ffi_java_log_class = (*env)->NewGlobalRef(env, cls);
+    if (ffi_java_log_class == NULL) {
+        return ffi_java_exception(env, "cannot keep", "resty.ffi.NginxLog");
+    }
+
     return 0;
+}
+
+
+static void
+ffi_java_bind(JNIEnv *env, void *tq)
+{
+    (*env)->CallStaticVoidMethod(env, ffi_java_log_class, ffi_java_log_bind,
+                                 (jlong) (uintptr_t) tq);
+
+    if ((*env)->ExceptionCheck(env)) {
+        (void) ffi_java_exception(env, "exception in",
+                                  "resty.ffi.NginxLog.bind()");
+    }
 }
 
 

@@ -14,6 +14,13 @@
  * library file nginx loaded (nginx maps a copy of it, and says which file),
  * then in $NODE_PATH. libnode cannot be unloaded: this library pins itself
  * (never dlclose()d).
+ *
+ * console.* and process.stdout/stderr (worker threads' too: Node forwards
+ * them to the main thread's) become lines of nginx's error.log through the
+ * host's ngx_http_lua_ffi_log(): console.log at notice, info at info,
+ * debug at debug, warn and error (and stderr) at warn. Lines logged while
+ * a runtime's init function runs name that runtime; the others name none
+ * (the addon's log(tq, level, msg) names one explicitly).
  */
 
 #include <dlfcn.h>
@@ -83,6 +90,8 @@ struct ffi_node_call_t {
 extern "C" int libffi_init(char *cfg, void *tq);
 
 /* the host's, where it has it (ours does): the file we were loaded from */
+extern "C" int ngx_http_lua_ffi_log(void *tq, int level, const char *msg,
+    int len) __attribute__((weak));
 extern "C" const char *ngx_http_lua_ffi_library_path(void *tq)
     __attribute__((weak));
 
@@ -109,7 +118,46 @@ static const char ffi_node_bootstrap[] = R"JS(
 'use strict';
 const Module = require('module');
 
-return function setup(loader) {
+return function setup(loader, log) {
+    const util = require('util');
+
+    /* one nginx line per line of text, at an nginx level */
+    const lines = (level, text) => {
+        for (const line of text.split('\n')) {
+            log(level, line);
+        }
+    };
+
+    for (const [name, level] of [['log', 6], ['info', 7], ['debug', 8],
+                                 ['warn', 5], ['error', 5]])
+    {
+        console[name] = (...args) => lines(level, util.format(...args));
+    }
+
+    /* direct writes, and what worker threads print, come through here */
+    for (const [stream, level] of [[process.stdout, 6], [process.stderr, 5]]) {
+        let partial = '';
+
+        stream.write = (chunk, encoding, done) => {
+            const text = partial + (typeof chunk === 'string'
+                                    ? chunk : Buffer.from(chunk).toString());
+            const cut = text.lastIndexOf('\n');
+
+            if (cut >= 0) {
+                lines(level, text.slice(0, cut));
+            }
+
+            partial = text.slice(cut + 1);
+
+            const cb = typeof encoding === 'function' ? encoding : done;
+            if (typeof cb === 'function') {
+                process.nextTick(cb);
+            }
+
+            return true;
+        };
+    }
+
     /* nginx must outlive a module's mistake: log it, never exit */
     process.on('uncaughtException', (err) => {
         console.error('libffi_nodejs: uncaught exception:', err);
@@ -182,6 +230,7 @@ static uv_async_t                 ffi_node_wakeup;
 /* the event loop thread's own */
 static std::string                ffi_node_file;   /* this library */
 static v8::Global<v8::Function>  *ffi_node_load;    /* never freed */
+static void                      *ffi_node_tq;      /* in an init call */
 static node::CommonEnvironmentSetup  *ffi_node_setup;
 
 
@@ -496,6 +545,43 @@ ffi_node_main(void *data)
 }
 
 
+/*
+ * log(level, text) of the bootstrap: one line into nginx's error.log, for
+ * the runtime whose init function runs, if one does.
+ */
+
+static void
+ffi_node_native_log(const v8::FunctionCallbackInfo<v8::Value> &args)
+{
+    int32_t                 level;
+    v8::Isolate            *isolate = args.GetIsolate();
+    v8::Local<v8::Context>  context = isolate->GetCurrentContext();
+
+    if (args.Length() < 2
+        || !args[0]->Int32Value(context).To(&level)
+        || level < 1 || level > 8)
+    {
+        return;
+    }
+
+    v8::String::Utf8Value  text(isolate, args[1]);
+
+    if (*text == NULL) {
+        return;
+    }
+
+    if (ngx_http_lua_ffi_log == NULL) {
+        /* a host without the service: stderr is nginx's error log */
+        fprintf(stderr, "%.*s\n", text.length(), *text);
+        return;
+    }
+
+    /* len 0 means NUL-terminated: an empty line is "" all the same */
+    (void) ngx_http_lua_ffi_log(ffi_node_tq, level,
+                                text.length() ? *text : "", text.length());
+}
+
+
 /* Loads the environment, then runs the event loop; returns if it fails. */
 
 static int
@@ -503,7 +589,8 @@ ffi_node_serve(node::CommonEnvironmentSetup *setup)
 {
     v8::Isolate            *isolate = setup->isolate();
     node::Environment      *env = setup->env();
-    v8::Local<v8::Value>    boot, load, file;
+    v8::Local<v8::Value>    boot, load, argv[2];
+    v8::Local<v8::Function> log;
 
     v8::Locker              locker(isolate);
     v8::Isolate::Scope      isolate_scope(isolate);
@@ -523,10 +610,17 @@ ffi_node_serve(node::CommonEnvironmentSetup *setup)
         return 1;
     }
 
-    file = v8::String::NewFromUtf8(isolate, ffi_node_file.c_str())
-               .ToLocalChecked();
+    argv[0] = v8::String::NewFromUtf8(isolate, ffi_node_file.c_str())
+                  .ToLocalChecked();
 
-    if (!boot.As<v8::Function>()->Call(context, context->Global(), 1, &file)
+    if (!v8::Function::New(context, ffi_node_native_log).ToLocal(&log)) {
+        ffi_node_log("the loader's bootstrap script failed");
+        return 1;
+    }
+
+    argv[1] = log;
+
+    if (!boot.As<v8::Function>()->Call(context, context->Global(), 2, argv)
              .ToLocal(&load)
         || !load->IsFunction())
     {
@@ -622,13 +716,18 @@ ffi_node_call_js(ffi_node_call_t *call)
                                           (uint64_t) (uintptr_t) call->tq);
 
     /* MakeCallback() also runs the microtasks and process.nextTick()s */
+    ffi_node_tq = call->tq;
+
     if (!node::MakeCallback(isolate, context->Global(),
                             ffi_node_load->Get(isolate), 2, argv, {0, 0})
              .ToLocal(&ret)
         || !ret->Int32Value(context).To(&rc))
     {
+        ffi_node_tq = NULL;
         return 1;
     }
+
+    ffi_node_tq = NULL;
 
     if (rc != 0) {
         ffi_node_log("\"%s\": init returned %d", call->cfg, (int) rc);

@@ -53,6 +53,18 @@ int libffi_init(char *cfg, void *tq);
  */
 const char *ngx_http_lua_ffi_library_path(void *tq) __attribute__((weak));
 
+/* the runtime services (src/ngx_http_lua_ffi.h); weak as well */
+int ngx_http_lua_ffi_log(void *tq, int level, const char *msg, int len)
+    __attribute__((weak));
+int ngx_http_lua_ffi_dict_get(void *tq, const char *dict, const char *key,
+    int key_len, char **val, int *val_len) __attribute__((weak));
+int ngx_http_lua_ffi_dict_set(void *tq, const char *dict, const char *key,
+    int key_len, const char *val, int val_len, double exptime)
+    __attribute__((weak));
+int ngx_http_lua_ffi_dict_incr(void *tq, const char *dict, const char *key,
+    int key_len, double by, double init, double *result)
+    __attribute__((weak));
+
 
 typedef struct {
     char        *dir;           /* NULL when the module has no "<dir>/" */
@@ -88,11 +100,21 @@ static char *ffi_python_result(PyObject *result, int *len);
 static char *ffi_python_exception_text(int *len);
 static void ffi_python_log_exception(const char *fmt, ...);
 static PyObject *ffi_python_module_init(void);
+static int ffi_python_route_output(void);
+static void ffi_python_flush_output(void);
 
 
 static pthread_mutex_t  ffi_python_lock = PTHREAD_MUTEX_INITIALIZER;
 static int              ffi_python_state;   /* 0 untried, 1 ready, -1 not */
 static char             ffi_python_dir[PATH_MAX];
+
+/*
+ * The runtime a thread works for, so that what Python prints there is
+ * logged with that runtime's name and version: the thread in libffi_init,
+ * the poll thread of a handler runtime, or any thread that called
+ * resty_ffi.bind(tq). Other threads log with no runtime named.
+ */
+static __thread void   *ffi_python_tq;
 
 
 int
@@ -100,6 +122,7 @@ libffi_init(char *cfg, void *tq)
 {
     int                rc;
     char              *buf;
+    void              *saved_tq;
     PyObject          *module, *function;
     PyGILState_STATE   gil;
     ffi_python_cfg_t   parsed;
@@ -136,6 +159,8 @@ libffi_init(char *cfg, void *tq)
     rc = 1;
     module = NULL;
     function = NULL;
+    saved_tq = ffi_python_tq;
+    ffi_python_tq = tq;
 
     if (parsed.dir != NULL && ffi_python_prepend_dir(parsed.dir) != 0) {
         ffi_python_log_exception("cannot add %s to sys.path", parsed.dir);
@@ -166,6 +191,10 @@ done:
 
     Py_XDECREF(function);
     Py_XDECREF(module);
+
+    /* a partial line printed during init is this runtime's */
+    ffi_python_flush_output();
+    ffi_python_tq = saved_tq;
 
     PyGILState_Release(gil);
     free(buf);
@@ -234,10 +263,15 @@ ffi_python_setup(void *tq)
     }
 
     if (Py_IsInitialized()) {
-        return ffi_python_add_loader_dir();
+        if (ffi_python_add_loader_dir() != 0) {
+            return -1;
+        }
+
+    } else if (ffi_python_start_interpreter() != 0) {
+        return -1;
     }
 
-    return ffi_python_start_interpreter();
+    return ffi_python_route_output();
 }
 
 
@@ -743,6 +777,8 @@ ffi_python_poll(void *data)
 
     rt = data;
 
+    ffi_python_tq = rt->tq;
+
     gil = PyGILState_Ensure();
     rt->ts = PyEval_SaveThread();
 
@@ -758,6 +794,10 @@ ffi_python_poll(void *data)
     /* the NULL task: the runtime is unloaded, let the handler clean up */
 
     PyEval_RestoreThread(rt->ts);
+
+    /* tq is the host's no more: close() logs with no runtime named */
+    ffi_python_flush_output();
+    ffi_python_tq = NULL;
 
     if (PyObject_HasAttrString(rt->handler, "close")) {
         method = PyObject_GetAttrString(rt->handler, "close");
@@ -1010,11 +1050,257 @@ ffi_python_handler(PyObject *self, PyObject *obj)
 }
 
 
+/* resty_ffi.log(level, msg): one line into nginx's error.log */
+
+static PyObject *
+ffi_python_log(PyObject *self, PyObject *args)
+{
+    int          level, rc;
+    const char  *msg;
+    Py_ssize_t   len;
+
+    if (!PyArg_ParseTuple(args, "is#", &level, &msg, &len)) {
+        return NULL;
+    }
+
+    if (level < 1 || level > 8) {
+        PyErr_SetString(PyExc_ValueError, "level: 1 (emerg) to 8 (debug)");
+        return NULL;
+    }
+
+    if (len > INT_MAX) {
+        len = INT_MAX;
+    }
+
+    if (ngx_http_lua_ffi_log == NULL) {
+        /* a host without the service: the worker's stderr, unlevelled */
+        fprintf(stderr, "%.*s\n", (int) len, msg);
+        rc = 0;
+
+    } else {
+        /* len 0 means NUL-terminated: "" is an empty line all the same */
+        rc = ngx_http_lua_ffi_log(ffi_python_tq, level, len ? msg : "",
+                                  (int) len);
+    }
+
+    return PyBool_FromLong(rc == 0);
+}
+
+
+/* resty_ffi.bind(tq): this thread works for runtime tq (an int address) */
+
+static PyObject *
+ffi_python_bind(PyObject *self, PyObject *arg)
+{
+    void  *tq;
+
+    tq = (arg == Py_None) ? NULL : PyLong_AsVoidPtr(arg);
+    if (tq == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+
+    ffi_python_tq = tq;
+
+    Py_RETURN_NONE;
+}
+
+
+/* resty_ffi.bound(): the runtime this thread works for, or None */
+
+static PyObject *
+ffi_python_bound(PyObject *self, PyObject *unused)
+{
+    if (ffi_python_tq == NULL) {
+        Py_RETURN_NONE;
+    }
+
+    return PyLong_FromVoidPtr(ffi_python_tq);
+}
+
+
+static PyObject  *ffi_python_dict_error;
+
+
+static PyObject *
+ffi_python_dict_fail(int rc, const char *dict)
+{
+    const char  *why;
+
+    switch (rc) {
+    case -1:
+        why = "no lua_shared_dict";
+        break;
+    case -2:
+        why = "no memory in lua_shared_dict";
+        break;
+    case -3:
+        why = "not a number (or a list) in lua_shared_dict";
+        break;
+    case -4:
+        why = "bad key or exptime for lua_shared_dict";
+        break;
+    default:
+        why = "error in lua_shared_dict";
+        break;
+    }
+
+    PyErr_Format(ffi_python_dict_error, "%s \"%s\" (%d)", why, dict, rc);
+
+    return NULL;
+}
+
+
+static int
+ffi_python_dict_ready(void)
+{
+    if (ngx_http_lua_ffi_dict_get == NULL) {
+        PyErr_SetString(ffi_python_dict_error,
+                        "this nginx has no shared dicts for runtimes");
+        return 0;
+    }
+
+    return 1;
+}
+
+
+/* resty_ffi.dict_get(dict, key) -> bytes, or None when absent */
+
+static PyObject *
+ffi_python_dict_get(PyObject *self, PyObject *args)
+{
+    int          rc, len;
+    char        *val;
+    void        *tq;
+    const char  *dict, *key;
+    PyObject    *result;
+    Py_ssize_t   key_len;
+
+    if (!PyArg_ParseTuple(args, "ss#", &dict, &key, &key_len)
+        || !ffi_python_dict_ready())
+    {
+        return NULL;
+    }
+
+    tq = ffi_python_tq;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = ngx_http_lua_ffi_dict_get(tq, dict, key, (int) key_len, &val, &len);
+    Py_END_ALLOW_THREADS
+
+    if (rc == 1) {
+        Py_RETURN_NONE;
+    }
+
+    if (rc != 0) {
+        return ffi_python_dict_fail(rc, dict);
+    }
+
+    result = PyBytes_FromStringAndSize(val, len);
+    free(val);
+
+    return result;
+}
+
+
+/* resty_ffi.dict_set(dict, key, value, exptime=0); value None deletes */
+
+static PyObject *
+ffi_python_dict_set(PyObject *self, PyObject *args)
+{
+    int          rc;
+    void        *tq;
+    double       exptime;
+    const char  *dict, *key, *val;
+    Py_ssize_t   key_len, val_len;
+
+    val = NULL;
+    val_len = 0;
+    exptime = 0;
+
+    if (!PyArg_ParseTuple(args, "ss#z#|d", &dict, &key, &key_len, &val,
+                          &val_len, &exptime)
+        || !ffi_python_dict_ready())
+    {
+        return NULL;
+    }
+
+    tq = ffi_python_tq;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = ngx_http_lua_ffi_dict_set(tq, dict, key, (int) key_len, val,
+                                   (int) val_len, exptime);
+    Py_END_ALLOW_THREADS
+
+    if (rc != 0) {
+        return ffi_python_dict_fail(rc, dict);
+    }
+
+    Py_RETURN_NONE;
+}
+
+
+/* resty_ffi.dict_incr(dict, key, by=1, init=0) -> the new value */
+
+static PyObject *
+ffi_python_dict_incr(PyObject *self, PyObject *args)
+{
+    int          rc;
+    void        *tq;
+    double       by, init, result;
+    const char  *dict, *key;
+    Py_ssize_t   key_len;
+
+    by = 1;
+    init = 0;
+
+    if (!PyArg_ParseTuple(args, "ss#|dd", &dict, &key, &key_len, &by, &init)
+        || !ffi_python_dict_ready())
+    {
+        return NULL;
+    }
+
+    tq = ffi_python_tq;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = ngx_http_lua_ffi_dict_incr(tq, dict, key, (int) key_len, by, init,
+                                    &result);
+    Py_END_ALLOW_THREADS
+
+    if (rc != 0) {
+        return ffi_python_dict_fail(rc, dict);
+    }
+
+    return PyFloat_FromDouble(result);
+}
+
+
 static PyMethodDef  ffi_python_methods[] = {
     { "handler", ffi_python_handler, METH_O,
       "Marks a function (bytes -> bytes) or a class (instantiated with the\n"
       "cfg's rest as str or None; its instances are called with bytes) as\n"
       "the request handler of a runtime. Returns it unchanged." },
+    { "log", ffi_python_log, METH_VARARGS,
+      "log(level, msg): one line into nginx's error.log at an nginx level\n"
+      "(1 emerg ... 8 debug), with the runtime's name and version.\n"
+      "False when it was dropped (the worker's buffer was full)." },
+    { "bind", ffi_python_bind, METH_O,
+      "bind(tq): lines this thread logs (print() too) name runtime tq,\n"
+      "the int an init(cfg, tq) function gets, or bound() of another\n"
+      "thread. A thread bound to a runtime must stop logging when that\n"
+      "runtime is unloaded. bind(None) undoes it." },
+    { "bound", ffi_python_bound, METH_NOARGS,
+      "bound() -> the tq this thread is bound to (int), or None. A\n"
+      "handler's thread is bound to its runtime; threads it starts are\n"
+      "not, unless they call bind(bound() of the handler's thread)." },
+    { "dict_get", ffi_python_dict_get, METH_VARARGS,
+      "dict_get(dict, key) -> bytes or None: ngx.shared[dict]:get(key);\n"
+      "numbers come back in Lua's string form (b\"42\")." },
+    { "dict_set", ffi_python_dict_set, METH_VARARGS,
+      "dict_set(dict, key, value, exptime=0): ngx.shared[dict]:set();\n"
+      "value str or bytes; None deletes." },
+    { "dict_incr", ffi_python_dict_incr, METH_VARARGS,
+      "dict_incr(dict, key, by=1, init=0) -> float:\n"
+      "ngx.shared[dict]:incr(key, by, init)." },
     { NULL, NULL, 0, NULL }
 };
 
@@ -1032,5 +1318,153 @@ static struct PyModuleDef  ffi_python_module = {
 static PyObject *
 ffi_python_module_init(void)
 {
-    return PyModule_Create(&ffi_python_module);
+    PyObject  *module;
+
+    module = PyModule_Create(&ffi_python_module);
+    if (module == NULL) {
+        return NULL;
+    }
+
+    if (ffi_python_dict_error == NULL) {
+        ffi_python_dict_error = PyErr_NewException("resty_ffi.DictError",
+                                                   PyExc_RuntimeError, NULL);
+    }
+
+    if (ffi_python_dict_error == NULL
+        || PyModule_AddObjectRef(module, "DictError", ffi_python_dict_error)
+           != 0)
+    {
+        Py_DECREF(module);
+        return NULL;
+    }
+
+    return module;
+}
+
+
+/*
+ * print(), sys.stdout and sys.stderr become lines of nginx's error.log
+ * (notice and warn). The root logger gets a handler that logs each record
+ * at its level (resty_ffi.LogHandler, which applications that configure
+ * logging themselves may add too); logging.basicConfig() replaces it, as
+ * the application then asks for its own. Lines are gathered per thread,
+ * so that two threads printing at once never share a line.
+ */
+
+static const char  ffi_python_output_code[] =
+    "import io, logging, sys, threading\n"
+    "import resty_ffi\n"
+    "\n"
+    "class _Output(io.TextIOBase):\n"
+    "    def __init__(self, level, name):\n"
+    "        self._level = level\n"
+    "        self._name = name\n"
+    "        self._local = threading.local()\n"
+    "    name = property(lambda self: self._name)\n"
+    "    encoding = 'utf-8'\n"
+    "    errors = 'replace'\n"
+    "    def writable(self):\n"
+    "        return True\n"
+    "    def isatty(self):\n"
+    "        return False\n"
+    "    def write(self, s):\n"
+    "        if not isinstance(s, str):\n"
+    "            raise TypeError('write() argument must be str, not '\n"
+    "                            + type(s).__name__)\n"
+    "        lines = (getattr(self._local, 'buf', '') + s).split('\\n')\n"
+    "        self._local.buf = lines.pop()\n"
+    "        for line in lines:\n"
+    "            resty_ffi.log(self._level, line)\n"
+    "        return len(s)\n"
+    "    def flush(self):\n"
+    "        buf = getattr(self._local, 'buf', '')\n"
+    "        if buf:\n"
+    "            self._local.buf = ''\n"
+    "            resty_ffi.log(self._level, buf)\n"
+    "\n"
+    "def _nginx_level(levelno):\n"
+    "    for at, level in ((logging.CRITICAL, 3), (logging.ERROR, 4),\n"
+    "                      (logging.WARNING, 5), (logging.INFO, 7)):\n"
+    "        if levelno >= at:\n"
+    "            return level\n"
+    "    return 8\n"
+    "\n"
+    "class LogHandler(logging.Handler):\n"
+    "    # each record to nginx's error.log, at its level\n"
+    "    def emit(self, record):\n"
+    "        try:\n"
+    "            resty_ffi.log(_nginx_level(record.levelno),\n"
+    "                          self.format(record))\n"
+    "        except Exception:\n"
+    "            self.handleError(record)\n"
+    "\n"
+    "resty_ffi.LogHandler = LogHandler\n"
+    "sys.stdout = _Output(6, '<nginx error.log: notice>')\n"
+    "sys.stderr = _Output(5, '<nginx error.log: warn>')\n"
+    "logging.lastResort = LogHandler(logging.DEBUG)\n"
+    "_root = LogHandler()\n"
+    "logging.getLogger().addHandler(_root)\n"
+    "_basic = logging.basicConfig\n"
+    "def basicConfig(**kwargs):\n"
+    "    # an application's own configuration replaces ours\n"
+    "    root = logging.getLogger()\n"
+    "    if root.handlers == [_root]:\n"
+    "        root.removeHandler(_root)\n"
+    "    _basic(**kwargs)\n"
+    "logging.basicConfig = basicConfig\n";
+
+
+static int
+ffi_python_route_output(void)
+{
+    int                rc;
+    PyObject          *globals, *result;
+    PyGILState_STATE   gil;
+
+    gil = PyGILState_Ensure();
+
+    rc = -1;
+    result = NULL;
+
+    globals = PyDict_New();
+    if (globals != NULL
+        && PyDict_SetItemString(globals, "__builtins__",
+                                PyEval_GetBuiltins()) == 0)
+    {
+        result = PyRun_String(ffi_python_output_code, Py_file_input, globals,
+                              globals);
+        rc = (result == NULL) ? -1 : 0;
+    }
+
+    if (rc != 0) {
+        ffi_python_log_exception("cannot route print() to error.log");
+    }
+
+    Py_XDECREF(result);
+    Py_XDECREF(globals);
+
+    PyGILState_Release(gil);
+
+    return rc;
+}
+
+
+/* With the GIL: a line left unfinished on stdout or stderr is written. */
+
+static void
+ffi_python_flush_output(void)
+{
+    int        i;
+    PyObject  *stream, *result;
+
+    for (i = 0; i < 2; i++) {
+        stream = PySys_GetObject(i ? "stderr" : "stdout");
+        if (stream == NULL) {
+            continue;
+        }
+
+        result = PyObject_CallMethod(stream, "flush", NULL);
+        Py_XDECREF(result);
+        PyErr_Clear();
+    }
 }

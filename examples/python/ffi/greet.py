@@ -20,6 +20,14 @@ class Greeter:
 
     def __init__(self, cfg):
         self.greeting = cfg or "Hi"
+        # the runtime services: print() reaches nginx's error.log, and
+        # starts are counted where nginx.conf has lua_shared_dict
+        # ffi_examples (Lua: ngx.shared.ffi_examples:get("python_starts"))
+        try:
+            starts = resty_ffi.dict_incr("ffi_examples", "python_starts")
+            print(f"ffi.greet: Greeter start number {starts:.0f}")
+        except resty_ffi.DictError:
+            print("ffi.greet: Greeter start")
 
     def __call__(self, req: bytes) -> str:
         if not req:

@@ -3,6 +3,9 @@
  * another VERSION (or a failing libffi_init) to play successive releases.
  */
 
+#include <dirent.h>
+#include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -122,15 +125,219 @@ ver_poll(void *arg)
 }
 
 
+/* whether this process is the trial (build/ffi-trial), not a worker */
+static int
+ver_in_trial(void)
+{
+    char     exe[4096];
+    ssize_t  n;
+
+    n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) {
+        return 0;
+    }
+
+    exe[n] = '\0';
+
+    return strstr(exe, "ffi-trial") != NULL;
+}
+
+
+/* how many of /proc/PID/cmdline and /proc/PID/environ hold secret */
+static int
+ver_leaks(const char *secret)
+{
+    int             fd, found;
+    char            path[512], buf[65536];
+    size_t          slen, i;
+    ssize_t         n;
+    DIR            *d;
+    struct dirent  *e;
+    const char     *what[2] = { "cmdline", "environ" };
+    int             w;
+
+    found = 0;
+    slen = strlen(secret);
+    d = opendir("/proc");
+
+    while (d && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') {
+            continue;
+        }
+
+        for (w = 0; w < 2; w++) {
+            snprintf(path, sizeof(path), "/proc/%s/%s", e->d_name, what[w]);
+            fd = open(path, O_RDONLY);
+            if (fd == -1) {
+                continue;
+            }
+
+            n = read(fd, buf, sizeof(buf));
+            close(fd);
+
+            for (i = 0; n > 0 && i + slen <= (size_t) n; i++) {
+                if (memcmp(buf + i, secret, slen) == 0) {
+                    found++;
+                    break;
+                }
+            }
+        }
+    }
+
+    if (d) {
+        closedir(d);
+    }
+
+    return found;
+}
+
+
+/*
+ * cfg "probe:DIR:SECRET": writes DIR/probe-PID: where it runs (trial or
+ * worker), its uid, its open descriptors, and how many processes show
+ * SECRET in their command line or environment right now.
+ */
+static void
+ver_probe(char *cfg)
+{
+    int             fd, len;
+    char           *dir, *secret, path[4096], link[4096], out[65536];
+    ssize_t         n;
+    DIR            *d;
+    struct dirent  *e;
+
+    dir = strdup(cfg + 6);
+    secret = strchr(dir, ':');
+    if (secret == NULL) {
+        free(dir);
+        return;
+    }
+
+    *secret++ = '\0';
+
+    len = snprintf(out, sizeof(out), "trial=%d uid=%d leaks=%d\n",
+                   ver_in_trial(), (int) getuid(), ver_leaks(secret));
+
+    d = opendir("/proc/self/fd");
+    while (d && (e = readdir(d)) != NULL && len < (int) sizeof(out) - 4200) {
+        if (e->d_name[0] == '.') {
+            continue;
+        }
+
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+        n = readlink(path, link, sizeof(link) - 1);
+        link[n > 0 ? n : 0] = '\0';
+        len += snprintf(out + len, sizeof(out) - len, "fd %s %s\n",
+                        e->d_name, link);
+    }
+
+    if (d) {
+        closedir(d);
+    }
+
+    snprintf(path, sizeof(path), "%s/probe-%d", dir, (int) getpid());
+    fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd != -1) {
+        n = write(fd, out, len);
+        (void) n;
+        close(fd);
+    }
+
+    free(dir);
+}
+
+
+/*
+ * cfg "pause:PREFIX": while the file PREFIX-PID.hold-VERSION exists, this
+ * worker's libffi_init of VERSION holds (for 60 s at most), after saying
+ * so in PREFIX-PID.held-VERSION: a test stops a reload in its prepare.
+ */
+static void
+ver_pause(char *cfg)
+{
+    int     i, fd;
+    char    hold[4096], held[4096];
+
+    snprintf(hold, sizeof(hold), "%s-%d.hold-" VERSION, cfg + 6,
+             (int) getpid());
+    snprintf(held, sizeof(held), "%s-%d.held-" VERSION, cfg + 6,
+             (int) getpid());
+
+    if (access(hold, F_OK) != 0) {
+        return;
+    }
+
+    fd = open(held, O_WRONLY | O_CREAT, 0644);
+    if (fd != -1) {
+        close(fd);
+    }
+
+    for (i = 0; i < 6000 && access(hold, F_OK) == 0; i++) {
+        usleep(10000);
+    }
+
+    unlink(held);
+}
+
+
+/* cfg "fail-on-VERSION": that release's libffi_init returns 5 */
+static int
+ver_fails(char *cfg)
+{
+    return cfg && strcmp(cfg, "fail-on-" VERSION) == 0;
+}
+
+
+#ifdef NEEDS_GLOBAL
+/* what a second library (a loader's addon) resolves in the global scope */
+int ver_global_probe = 1;
+#endif
+
+
 int
 libffi_init(char *cfg, void *tq)
 {
     ver_runtime_t  *rt;
 
-    (void) cfg;
-
     if (INIT_RC != 0) {
         return INIT_RC;
+    }
+
+#ifdef NOISY
+    /* a loader that talks: the trial's verdict must not be this */
+    printf("libver " VERSION " says hello from libffi_init\n");
+    fflush(stdout);
+
+    if (ver_in_trial() && fork() == 0) {
+        /* a helper that holds stdout (and all else) for a while */
+        sleep(20);
+        _exit(0);
+    }
+#endif
+
+#ifdef NEEDS_GLOBAL
+    /* as an addon that needs the loader's symbols (napi_*, Py*) */
+    if (dlsym(RTLD_DEFAULT, "ver_global_probe") == NULL) {
+        fprintf(stderr, "libver " VERSION ": not mapped RTLD_GLOBAL\n");
+        abort();
+    }
+#endif
+
+    if (cfg && strncmp(cfg, "probe:", 6) == 0) {
+        ver_probe(cfg);
+    }
+
+    /* a release that crashes with one cfg only (a worker's, say) */
+    if (cfg && strcmp(cfg, "crash-on-" VERSION) == 0) {
+        raise(SIGSEGV);
+    }
+
+    if (cfg && strncmp(cfg, "pause:", 6) == 0) {
+        ver_pause(cfg);
+    }
+
+    if (ver_fails(cfg)) {
+        return 5;
     }
 
 #ifdef CRASH_INIT
@@ -171,6 +378,16 @@ ver_unload(void)
 
     ver_runtimes = NULL;
 }
+
+
+#ifdef NOISY
+__attribute__((constructor)) static void
+ver_hello(void)
+{
+    printf("libver " VERSION " says hello from a constructor\n");
+    fflush(stdout);
+}
+#endif
 
 
 #ifdef CRASH_CTOR

@@ -4,6 +4,11 @@
  *
  * Loaded by libffi_java with cfg "demo.echo.App?,init,": init() starts a
  * poll thread and returns; the thread ends when it polls the NULL task.
+ *
+ * It also shows the runtime services: System.out reaches nginx's error.log
+ * (the loader routes it through ngx_http_lua_ffi_log), and each start is
+ * counted in the lua_shared_dict "ffi_examples", where nginx.conf has one
+ * (Lua reads it with ngx.shared.ffi_examples:get("java_starts")).
  */
 
 package demo.echo;
@@ -11,6 +16,7 @@ package demo.echo;
 import jnr.ffi.LibraryLoader;
 import jnr.ffi.Pointer;
 import jnr.ffi.Runtime;
+import jnr.ffi.byref.DoubleByReference;
 import jnr.ffi.byref.IntByReference;
 
 public class App {
@@ -21,6 +27,10 @@ public class App {
         Pointer ngx_http_lua_ffi_get_req(Pointer task, IntByReference len);
         void ngx_http_lua_ffi_respond(Pointer task, int rc, Pointer rsp,
                                       int rspLen);
+        /* a runtime service: -1 when there is no such lua_shared_dict */
+        int ngx_http_lua_ffi_dict_incr(Pointer tq, String dict, String key,
+                                       int keyLen, double by, double init,
+                                       DoubleByReference result);
     }
 
     /* responses are malloc()ed: the host free()s them */
@@ -35,6 +45,17 @@ public class App {
         Libc libc = LibraryLoader.create(Libc.class)
                                  .load(LibraryLoader.DEFAULT_LIBRARY);
         Pointer queue = Pointer.wrap(Runtime.getSystemRuntime(), tq);
+        DoubleByReference starts = new DoubleByReference();
+
+        if (host.ngx_http_lua_ffi_dict_incr(queue, "ffi_examples",
+                                            "java_starts", -1, 1, 0, starts)
+            == 0)
+        {
+            System.out.println("demo.echo.App: start number "
+                               + starts.longValue());
+        } else {
+            System.out.println("demo.echo.App: started");
+        }
 
         Thread poller = new Thread(() -> serve(host, libc, queue),
                                    "ffi-java-echo");
