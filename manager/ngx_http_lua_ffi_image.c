@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <dirent.h>
 #include <sys/random.h>
+#include <sys/statvfs.h>
 
 
 /*
@@ -73,12 +74,13 @@ ngx_int_t
 ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     ngx_http_lua_ffi_main_conf_t *fmcf, ngx_core_conf_t *ccf)
 {
-    int          fd, parent, unused;
-    u_char       err[NGX_HTTP_LUA_FFI_ERRLEN], *base;
-    u_char       path[NGX_HTTP_LUA_FFI_PATHLEN];
-    u_char       real[NGX_HTTP_LUA_FFI_PATHLEN];
-    u_char       name[sizeof("nginx-ffi.") + 24], rnd[12];
-    ngx_uid_t    uid;
+    int             fd, parent, unused;
+    u_char          err[NGX_HTTP_LUA_FFI_ERRLEN], *base;
+    u_char          path[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char          real[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char          name[sizeof("nginx-ffi.") + 24], rnd[12];
+    ngx_uid_t       uid;
+    struct statvfs  vfs;
 
     if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
         return NGX_OK;
@@ -115,6 +117,15 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
                                            &unused, real, &base, err,
                                            sizeof(err));
     if (parent == -1) {
+        goto failed;
+    }
+
+    /* dlopen() of a copy there would fail later, load by load */
+    if (fstatvfs(parent, &vfs) == 0 && (vfs.f_flag & ST_NOEXEC)) {
+        ngx_snprintf(err, sizeof(err), "\"%s\" is on a file system mounted "
+                     "noexec: no copy there could be mapped%Z",
+                     real[0] ? real : path);
+        (void) close(parent);
         goto failed;
     }
 
