@@ -20,6 +20,8 @@
  */
 static u_char      ngx_http_lua_ffi_shadow_dir[NGX_HTTP_LUA_FFI_PATHLEN];
 static ngx_uid_t   ngx_http_lua_ffi_shadow_uid;
+/* ffi_shadow_path as it was then: a HUP cannot move the versions */
+static u_char      ngx_http_lua_ffi_shadow_in[NGX_HTTP_LUA_FFI_PATHLEN];
 
 
 /* The shadow folder, opened and checked: ours, 0700, not a symlink. */
@@ -92,18 +94,28 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
 
     err[0] = '\0';
 
+    /* relative to the prefix, as nginx's own paths are */
+    if (ngx_conf_full_name(cycle, &fmcf->shadow_path, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_lua_ffi_shadow_dir[0] != '\0') {
         /* nginx -s reload: the versions in the shared zone live here */
+        if (fmcf->shadow_path.len != ngx_strlen(ngx_http_lua_ffi_shadow_in)
+            || ngx_strncmp(fmcf->shadow_path.data, ngx_http_lua_ffi_shadow_in,
+                           fmcf->shadow_path.len) != 0)
+        {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "ffi: ffi_shadow_path "
+                          "\"%V\" takes effect at the next start; shadow "
+                          "copies stay in \"%s\"", &fmcf->shadow_path,
+                          ngx_http_lua_ffi_shadow_dir);
+        }
+
         goto check;
     }
 
     uid = (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT)
           ? ccf->user : geteuid();
-
-    /* relative to the prefix, as nginx's own paths are */
-    if (ngx_conf_full_name(cycle, &fmcf->shadow_path, 0) != NGX_OK) {
-        return NGX_ERROR;
-    }
 
     if (fmcf->shadow_path.len >= sizeof(path) - sizeof(name) - 1) {
         ngx_snprintf(err, sizeof(err), "path too long%Z");
@@ -162,6 +174,8 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     *ngx_snprintf(ngx_http_lua_ffi_shadow_dir, NGX_HTTP_LUA_FFI_PATHLEN - 1,
                   "%s/%s", real[0] ? real : (u_char *) "", name) = '\0';
     ngx_http_lua_ffi_shadow_uid = uid;
+    *ngx_cpymem(ngx_http_lua_ffi_shadow_in, fmcf->shadow_path.data,
+                fmcf->shadow_path.len) = '\0';
 
 check:
 

@@ -69,6 +69,19 @@ ok(FFITest::start_nginx(workers => 1,
                         http_config => "ffi_shadow_path $good;"),
    'a root-owned exec folder: nginx starts');
 is(scalar(entries($good)), 1, 'one private folder in it');
+
+# nginx -s reload with another ffi_shadow_path: the versions in the shared
+# zone stay where they are, and error.log says so instead of nothing
+my $other = "$root/other";
+mkdir $other, 0755;
+open my $f, '>', "$root/conf/nginx.conf" or die;
+print $f FFITest::_conf(workers => 1,
+                        http_config => "ffi_shadow_path $other;");
+close $f;
+FFITest::signal('HUP');
+ok(FFITest::wait_for_log(qr/\[warn\].*ffi: ffi_shadow_path "\Q$other\E" takes effect at the next start; shadow copies stay in "\Q$good\E\/nginx-ffi\.[0-9a-f]{24}"/, 20),
+   'HUP with another ffi_shadow_path: error.log says it waits for a start');
+is(scalar(entries($other)), 0, 'nothing made in the new one yet');
 FFITest::stop_nginx();
 is(scalar(entries($good)), 0, 'gone at exit');
 
