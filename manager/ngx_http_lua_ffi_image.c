@@ -82,6 +82,7 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     u_char          real[NGX_HTTP_LUA_FFI_PATHLEN];
     u_char          name[sizeof("nginx-ffi.") + 24], rnd[12];
     ngx_uid_t       uid;
+    struct passwd  *pw;
     struct statvfs  vfs;
 
     if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
@@ -116,6 +117,20 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
 
     uid = (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT)
           ? ccf->user : geteuid();
+
+    /*
+     * nginx's default user when root names none: the workers' user is a
+     * trusted owner of libraries, their folders and the shadow copies,
+     * and "nobody" is whoever else runs as nobody.
+     */
+    pw = getpwnam("nobody");
+
+    if (pw != NULL && pw->pw_uid == uid) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "ffi: workers run as "
+                      "\"nobody\" (uid %d): any process of that user can "
+                      "change the code they load; give nginx a user of its "
+                      "own (\"user www-data;\")", (int) uid);
+    }
 
     if (fmcf->shadow_path.len >= sizeof(path) - sizeof(name) - 1) {
         ngx_snprintf(err, sizeof(err), "path too long%Z");

@@ -85,4 +85,29 @@ is(scalar(entries($other)), 0, 'nothing made in the new one yet');
 FFITest::stop_nginx();
 is(scalar(entries($good)), 0, 'gone at exit');
 
+# --- workers as nobody (nginx's default user when root gives none): the
+# hostile local user of the threat model is then a trusted owner of
+# libraries, folders and shadow copies; nginx starts, and says so
+chmod 0755, $root;
+{
+    make_path("$root/conf");
+    my $conf = FFITest::_conf(workers => 1);
+    $conf =~ s/^user root;$/user nobody nogroup;/m or die 'no user line';
+    open my $f, '>', "$root/conf/nginx.conf" or die;
+    print $f $conf;
+    close $f;
+    unlink "$root/logs/error.log";
+    my $nginx = $ENV{NGINX} || 'nginx';
+    my $out = `$nginx -p $root/ -c conf/nginx.conf 2>&1`;
+    is($? >> 8, 0, 'workers as nobody: nginx starts');
+    my $log = `cat $root/logs/error.log`;
+    like($log, qr/\[warn\].*ffi: workers run as "nobody" \(uid 65534\): any process of that user can change the code they load; give nginx a user of its own/,
+         'error.log warns that nobody is a trusted owner then');
+    my $pid = `cat $root/logs/nginx.pid 2>/dev/null`;
+    if ($pid =~ /(\d+)/) {
+        kill 'QUIT', $1;
+        FFITest::wait_exit($1, 20);
+    }
+}
+
 done_testing();
