@@ -167,6 +167,53 @@ ngx_http_lua_ffi_admin_header(ngx_http_request_t *r, char *name)
 
 
 /*
+ * DNS rebinding: a page of a name its owner has pointed at this address
+ * sends a Host, an Origin and a Sec-Fetch-Site that all agree. A request
+ * from a browser is served only when its Host names this server as the
+ * server knows itself: an address, localhost, or one of its server_names
+ * (exact ones: a wildcard or a regex may cover a name someone else owns).
+ */
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_known_host(ngx_http_request_t *r)
+{
+    ngx_str_t                 *host;
+    ngx_uint_t                 i;
+    ngx_http_server_name_t    *sn;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    host = &r->headers_in.server;
+
+    if (host->len == 0) {
+        return 0;
+    }
+
+    if (ngx_http_lua_ffi_admin_host_literal(host->data, host->len)) {
+        return 1;
+    }
+
+    cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+    sn = cscf->server_names.elts;
+
+    for (i = 0; i < cscf->server_names.nelts; i++) {
+#if (NGX_PCRE)
+        if (sn[i].regex) {
+            continue;
+        }
+#endif
+        if (sn[i].name.len == host->len
+            && ngx_strchr(sn[i].name.data, '*') == NULL
+            && ngx_strncasecmp(sn[i].name.data, host->data, host->len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * A page in a browser may send a request here from any site: a bodyless
  * POST is a CORS "simple request", sent without asking. Browsers say where
  * a request comes from (Origin, Sec-Fetch-Site); anything but the endpoint
@@ -179,9 +226,18 @@ ngx_http_lua_ffi_admin_cross_site(ngx_http_request_t *r)
 {
     int               https;
     ngx_str_t        *v;
-    ngx_table_elt_t  *h;
+    ngx_table_elt_t  *h, *origin;
 
     h = ngx_http_lua_ffi_admin_header(r, "Sec-Fetch-Site");
+    origin = ngx_http_lua_ffi_admin_header(r, "Origin");
+
+    if (h == NULL && origin == NULL) {
+        return 0;
+    }
+
+    if (!ngx_http_lua_ffi_admin_known_host(r)) {
+        return 1;
+    }
 
     if (h) {
         v = &h->value;
@@ -195,7 +251,7 @@ ngx_http_lua_ffi_admin_cross_site(ngx_http_request_t *r)
         }
     }
 
-    h = ngx_http_lua_ffi_admin_header(r, "Origin");
+    h = origin;
 
     if (h == NULL) {
         return 0;

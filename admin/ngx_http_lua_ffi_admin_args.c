@@ -4,6 +4,7 @@
  */
 
 #include <string.h>
+#include <arpa/inet.h>
 
 #include "ngx_http_lua_ffi_admin_args.h"
 
@@ -182,4 +183,37 @@ ngx_http_lua_ffi_admin_same_origin(const unsigned char *origin, size_t olen,
     }
 
     return 1;
+}
+
+
+/*
+ * Whether a Host (port stripped, as nginx keeps it) is a name no one else
+ * can point at this server: an IPv4 address, an IPv6 address in brackets,
+ * or localhost. 1: it is; 0: anything else.
+ */
+
+int
+ngx_http_lua_ffi_admin_host_literal(const unsigned char *host, size_t len)
+{
+    char             buf[64];
+    struct in6_addr  addr;
+
+    if (len == 9 && strncasecmp((const char *) host, "localhost", 9) == 0) {
+        return 1;
+    }
+
+    if (len < 2 || len >= sizeof(buf)) {
+        return 0;
+    }
+
+    if (host[0] == '[' && host[len - 1] == ']') {
+        memcpy(buf, host + 1, len - 2);
+        buf[len - 2] = '\0';
+        return inet_pton(AF_INET6, buf, &addr) == 1;
+    }
+
+    memcpy(buf, host, len);
+    buf[len] = '\0';
+
+    return inet_pton(AF_INET, buf, &addr) == 1;
 }

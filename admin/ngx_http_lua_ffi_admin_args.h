@@ -25,6 +25,8 @@ int ngx_http_lua_ffi_admin_lib_arg(const unsigned char *args, size_t len,
     unsigned char *out, size_t outsize, size_t *outlen);
 int ngx_http_lua_ffi_admin_same_origin(const unsigned char *origin,
     size_t olen, const unsigned char *host, size_t hlen, int https);
+int ngx_http_lua_ffi_admin_host_literal(const unsigned char *host,
+    size_t len);
 
 
 #endif /* _NGX_HTTP_LUA_FFI_ADMIN_ARGS_H_INCLUDED_ */

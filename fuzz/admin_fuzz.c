@@ -85,6 +85,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
+    rc = ngx_http_lua_ffi_admin_host_literal(data, size);
+    if (rc != 0 && rc != 1) {
+        abort();
+    }
+
     ngx_http_lua_ffi_fuzz_own_origin(data + split, size - split);
 
     return 0;

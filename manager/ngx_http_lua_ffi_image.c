@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <dirent.h>
 #include <sys/random.h>
+#include <sys/statvfs.h>
 
 
 /*
@@ -19,6 +20,8 @@
  */
 static u_char      ngx_http_lua_ffi_shadow_dir[NGX_HTTP_LUA_FFI_PATHLEN];
 static ngx_uid_t   ngx_http_lua_ffi_shadow_uid;
+/* ffi_shadow_path as it was then: a HUP cannot move the versions */
+static u_char      ngx_http_lua_ffi_shadow_in[NGX_HTTP_LUA_FFI_PATHLEN];
 
 
 /* The shadow folder, opened and checked: ours, 0700, not a symlink. */
@@ -73,12 +76,14 @@ ngx_int_t
 ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     ngx_http_lua_ffi_main_conf_t *fmcf, ngx_core_conf_t *ccf)
 {
-    int          fd, parent, unused;
-    u_char       err[NGX_HTTP_LUA_FFI_ERRLEN], *base;
-    u_char       path[NGX_HTTP_LUA_FFI_PATHLEN];
-    u_char       real[NGX_HTTP_LUA_FFI_PATHLEN];
-    u_char       name[sizeof("nginx-ffi.") + 24], rnd[12];
-    ngx_uid_t    uid;
+    int             fd, parent, unused;
+    u_char          err[NGX_HTTP_LUA_FFI_ERRLEN], *base;
+    u_char          path[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char          real[NGX_HTTP_LUA_FFI_PATHLEN];
+    u_char          name[sizeof("nginx-ffi.") + 24], rnd[12];
+    ngx_uid_t       uid;
+    struct passwd  *pw;
+    struct statvfs  vfs;
 
     if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
         return NGX_OK;
@@ -90,17 +95,41 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
 
     err[0] = '\0';
 
+    /* relative to the prefix, as nginx's own paths are */
+    if (ngx_conf_full_name(cycle, &fmcf->shadow_path, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_lua_ffi_shadow_dir[0] != '\0') {
         /* nginx -s reload: the versions in the shared zone live here */
+        if (fmcf->shadow_path.len != ngx_strlen(ngx_http_lua_ffi_shadow_in)
+            || ngx_strncmp(fmcf->shadow_path.data, ngx_http_lua_ffi_shadow_in,
+                           fmcf->shadow_path.len) != 0)
+        {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "ffi: ffi_shadow_path "
+                          "\"%V\" takes effect at the next start; shadow "
+                          "copies stay in \"%s\"", &fmcf->shadow_path,
+                          ngx_http_lua_ffi_shadow_dir);
+        }
+
         goto check;
     }
 
     uid = (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT)
           ? ccf->user : geteuid();
 
-    /* relative to the prefix, as nginx's own paths are */
-    if (ngx_conf_full_name(cycle, &fmcf->shadow_path, 0) != NGX_OK) {
-        return NGX_ERROR;
+    /*
+     * nginx's default user when root names none: the workers' user is a
+     * trusted owner of libraries, their folders and the shadow copies,
+     * and "nobody" is whoever else runs as nobody.
+     */
+    pw = getpwnam("nobody");
+
+    if (pw != NULL && pw->pw_uid == uid) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "ffi: workers run as "
+                      "\"nobody\" (uid %d): any process of that user can "
+                      "change the code they load; give nginx a user of its "
+                      "own (\"user www-data;\")", (int) uid);
     }
 
     if (fmcf->shadow_path.len >= sizeof(path) - sizeof(name) - 1) {
@@ -115,6 +144,15 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
                                            &unused, real, &base, err,
                                            sizeof(err));
     if (parent == -1) {
+        goto failed;
+    }
+
+    /* dlopen() of a copy there would fail later, load by load */
+    if (fstatvfs(parent, &vfs) == 0 && (vfs.f_flag & ST_NOEXEC)) {
+        ngx_snprintf(err, sizeof(err), "\"%s\" is on a file system mounted "
+                     "noexec: no copy there could be mapped%Z",
+                     real[0] ? real : path);
+        (void) close(parent);
         goto failed;
     }
 
@@ -151,6 +189,8 @@ ngx_http_lua_ffi_shadow_init(ngx_cycle_t *cycle,
     *ngx_snprintf(ngx_http_lua_ffi_shadow_dir, NGX_HTTP_LUA_FFI_PATHLEN - 1,
                   "%s/%s", real[0] ? real : (u_char *) "", name) = '\0';
     ngx_http_lua_ffi_shadow_uid = uid;
+    *ngx_cpymem(ngx_http_lua_ffi_shadow_in, fmcf->shadow_path.data,
+                fmcf->shadow_path.len) = '\0';
 
 check:
 

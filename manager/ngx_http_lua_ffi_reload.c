@@ -209,9 +209,11 @@ static ngx_http_lua_ffi_transition_t  ngx_http_lua_ffi_transitions[] = {
 };
 
 
-static ngx_queue_t   ngx_http_lua_ffi_ops;
-static ngx_event_t   ngx_http_lua_ffi_follow_ev;
-static ngx_uint_t    ngx_http_lua_ffi_seen_seq;
+static ngx_queue_t       ngx_http_lua_ffi_ops;
+static ngx_event_t       ngx_http_lua_ffi_follow_ev;
+/* what a debug log's "event timer add: FD" reads through ev->data */
+static ngx_connection_t  ngx_http_lua_ffi_follow_conn;
+static ngx_uint_t        ngx_http_lua_ffi_seen_seq;
 
 
 void
@@ -219,6 +221,8 @@ ngx_http_lua_ffi_reload_init(void)
 {
     ngx_queue_init(&ngx_http_lua_ffi_ops);
 
+    ngx_http_lua_ffi_follow_conn.fd = (ngx_socket_t) -1;
+    ngx_http_lua_ffi_follow_ev.data = &ngx_http_lua_ffi_follow_conn;
     ngx_http_lua_ffi_follow_ev.handler = ngx_http_lua_ffi_follow_handler;
     /* nginx's debug log reads a timer's data as a connection: never NULL */
     ngx_http_lua_ffi_follow_ev.data = &ngx_http_lua_ffi_follow_ev;

@@ -80,6 +80,31 @@ is($out, '200', 'Sec-Fetch-Site: none (typed by the user): served');
 $out = `curl -s -o /dev/null -w '%{http_code}' -X POST '$url'`;
 is($out, '200', 'no Origin, no Sec-Fetch-Site (curl): served');
 
+# DNS rebinding: a page of evil.example whose name now resolves to
+# 127.0.0.1 sends Host, Origin and Sec-Fetch-Site that all agree. A browser
+# request must be addressed to this server by a name it has (server_name),
+# an IP address or localhost, never to a name someone else controls.
+for my $h (['evil.example', 'http://evil.example'],
+           ["evil.example:$port", "http://evil.example:$port"],
+           ["EVIL.example:$port", "http://evil.EXAMPLE:$port"]) {
+    my ($host, $origin) = @$h;
+    $out = `curl -s -w ' %{http_code}' -X POST -H 'Host: $host' -H 'Origin: $origin' -H 'Sec-Fetch-Site: same-origin' '$url'`;
+    is($out, "{\"error\":\"$error\"}\n 403",
+       "rebound name $host, its own Origin: 403");
+    $out = `curl -s -o /dev/null -w '%{http_code}' -H 'Host: $host' -H 'Sec-Fetch-Site: same-origin' 'http://127.0.0.1:$port/ffi/status'`;
+    is($out, '403', "rebound name $host, Sec-Fetch-Site only, GET: 403");
+}
+$out = `curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Host: evil.example' '$url'`;
+is($out, '200', 'another Host, no browser header (curl): served');
+for my $h (["localhost:$port", "http://localhost:$port"],
+           ["LocalHost:$port", "http://localhost:$port"],
+           ["[::1]:$port", "http://[::1]:$port"],
+           ["127.0.0.1:$port", "http://127.0.0.1:$port"]) {
+    my ($host, $origin) = @$h;
+    $out = `curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Host: $host' -H 'Origin: $origin' -H 'Sec-Fetch-Site: same-origin' '$url'`;
+    is($out, '200', "Host $host (server_name, address), same Origin: served");
+}
+
 FFITest::stop_nginx();
 
 # with a token, a cross-site request is refused before the token matters
