@@ -221,11 +221,10 @@ ngx_http_lua_ffi_reload_init(void)
 {
     ngx_queue_init(&ngx_http_lua_ffi_ops);
 
+    /* nginx's debug log reads a timer's data as a connection */
     ngx_http_lua_ffi_follow_conn.fd = (ngx_socket_t) -1;
     ngx_http_lua_ffi_follow_ev.data = &ngx_http_lua_ffi_follow_conn;
     ngx_http_lua_ffi_follow_ev.handler = ngx_http_lua_ffi_follow_handler;
-    /* nginx's debug log reads a timer's data as a connection: never NULL */
-    ngx_http_lua_ffi_follow_ev.data = &ngx_http_lua_ffi_follow_ev;
     ngx_http_lua_ffi_follow_ev.log = ngx_cycle->log;
     ngx_http_lua_ffi_follow_ev.cancelable = 1;
 
