@@ -90,7 +90,10 @@ for my $pid (@pids) {
         skip 'memory figures mean nothing under AddressSanitizer', 2
             if ($ENV{ASAN_OPTIONS} // '') ne '';
 
-        cmp_ok(abs($a->{maps} - $b->{maps}), '<=', 4,
+        # a leak per reload would show by the thousand; what may still
+        # come is glibc's malloc arenas for new threads (up to 8 per CPU,
+        # two mappings each), made as contention on a loaded machine asks
+        cmp_ok(abs($a->{maps} - $b->{maps}), '<=', 32,
                "worker $pid: mappings flat ($b->{maps} -> $a->{maps})");
         cmp_ok($a->{rss}, '<=', $b->{rss} * 1.05 + 512,
                "worker $pid: RSS flat ($b->{rss} -> $a->{rss} kB)");
