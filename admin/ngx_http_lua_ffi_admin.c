@@ -177,9 +177,7 @@ ngx_http_lua_ffi_admin_header(ngx_http_request_t *r, char *name)
 static ngx_int_t
 ngx_http_lua_ffi_admin_known_host(ngx_http_request_t *r)
 {
-    ngx_str_t                 *host;
-    ngx_uint_t                 i;
-    ngx_http_server_name_t    *sn;
+    ngx_str_t                 *host, *name;
     ngx_http_core_srv_conf_t  *cscf;
 
     host = &r->headers_in.server;
@@ -192,24 +190,18 @@ ngx_http_lua_ffi_admin_known_host(ngx_http_request_t *r)
         return 1;
     }
 
+    /*
+     * The server's own name: nginx keeps only the first server_name after
+     * configuration (the list lives in the configuration's temporary pool).
+     */
     cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
-    sn = cscf->server_names.elts;
+    name = &cscf->server_name;
 
-    for (i = 0; i < cscf->server_names.nelts; i++) {
-#if (NGX_PCRE)
-        if (sn[i].regex) {
-            continue;
-        }
-#endif
-        if (sn[i].name.len == host->len
-            && ngx_strchr(sn[i].name.data, '*') == NULL
-            && ngx_strncasecmp(sn[i].name.data, host->data, host->len) == 0)
-        {
-            return 1;
-        }
-    }
-
-    return 0;
+    return name->len == host->len
+           && name->len > 0
+           && name->data[0] != '~'
+           && ngx_strlchr(name->data, name->data + name->len, '*') == NULL
+           && ngx_strncasecmp(name->data, host->data, host->len) == 0;
 }
 
 
