@@ -38,6 +38,13 @@
  * alive: the next coordinator takes the turn, and every worker drops what
  * it prepared for a reload whose coordinator is gone (below).
  *
+ * A file drop: CHECK records it (drop_ident, drop_pid := this worker); it
+ * counts as judged once its reload reaches DONE by any row but "exit"
+ * (drop_pid := 0 with owner := 0), or at once if CHECK finds a transient
+ * failure (the previous record is put back: tried again). A coordinator
+ * killed or exiting before DONE leaves drop_pid set: the drop stays open,
+ * watchers keep looking, and the next live watcher to act judges it again.
+ *
  * Every worker, per library, on every command (and every 100 ms while a
  * reload is under way or something is prepared here):
  *
@@ -539,6 +546,7 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     ngx_http_lua_ffi_shm_lib_t  *sl;
     ngx_http_lua_ffi_version_t   cur;
     u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
+    ngx_pid_t                    old_pid;
     u_char                       ident[96], old_ident[96];
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
@@ -546,11 +554,16 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     sl = &sh->libs[op->lib];
     ngx_http_lua_ffi_shm_file_ident(sl->path, ident, sizeof(ident));
     ngx_memcpy(old_ident, sl->drop_ident, sizeof(old_ident));
+    old_pid = sl->drop_pid;
 
     if ((op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)
-        && ngx_strcmp(ident, sl->drop_ident) == 0)
+        && !ngx_http_lua_ffi_shm_drop_open(sl, ident))
     {
-        /* every watcher sees a drop: it was judged already */
+        /*
+         * Every watcher sees a drop: it was judged already, by a reload
+         * that ended. One whose coordinator died or exited before it
+         * ended left drop_pid behind: judged again here.
+         */
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
         op->status = NGX_HTTP_NOT_MODIFIED;
         op->err[0] = '\0';
@@ -558,6 +571,7 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     }
 
     ngx_memcpy(sl->drop_ident, ident, sizeof(ident));
+    sl->drop_pid = ngx_pid;
 
     cur = sl->current;
     path.len = ngx_strlen(sl->path);
@@ -582,6 +596,7 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
         ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
         ngx_memcpy(sh->libs[op->lib].drop_ident, old_ident,
                    sizeof(old_ident));
+        sh->libs[op->lib].drop_pid = old_pid;
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
 
         if (rc == NGX_AGAIN && (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED))
@@ -790,12 +805,25 @@ ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
 }
 
 
+/*
+ * ended: the reload ended here (an answer other than "worker exiting"),
+ * so a drop it recorded counts as judged from now on; an exiting
+ * coordinator leaves it to be judged again by a live watcher.
+ */
+
 static void
-ngx_http_lua_ffi_release(ngx_http_lua_ffi_op_t *op, ngx_uint_t failed)
+ngx_http_lua_ffi_release(ngx_http_lua_ffi_op_t *op, ngx_uint_t failed,
+    ngx_uint_t ended)
 {
     ngx_http_lua_ffi_shm_t  *sh = ngx_http_lua_ffi_shm;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    if (ended && sh->owner == ngx_pid
+        && sh->libs[op->lib].drop_pid == ngx_pid)
+    {
+        sh->libs[op->lib].drop_pid = 0;
+    }
 
     if (failed) {
         sh->libs[op->lib].failures++;
@@ -859,7 +887,7 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
               && op->status != NGX_HTTP_SERVICE_UNAVAILABLE);
 
     if (op->status != NGX_HTTP_NOT_FOUND) {
-        ngx_http_lua_ffi_release(op, failed);
+        ngx_http_lua_ffi_release(op, failed, 1);
     }
 
     if (op->status == NGX_HTTP_NOT_MODIFIED) {
@@ -954,7 +982,7 @@ ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op)
         ngx_http_lua_ffi_shadow_remove(&op->old);
     }
 
-    ngx_http_lua_ffi_release(op, 0);
+    ngx_http_lua_ffi_release(op, 0, 1);
 
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                   "ffi: \"%V\" reloaded: version %ui%s",
@@ -987,7 +1015,7 @@ ngx_http_lua_ffi_act_unconfirmed(ngx_http_lua_ffi_op_t *op)
     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "ffi: reload of \"%V\": "
                   "%s", &op->name, op->err);
 
-    ngx_http_lua_ffi_release(op, 0);
+    ngx_http_lua_ffi_release(op, 0, 1);
 
     /* the new version is current: it serves, unconfirmed workers follow */
     ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_OK);
@@ -1002,7 +1030,7 @@ ngx_http_lua_ffi_act_aborted(ngx_http_lua_ffi_op_t *op)
         ngx_http_lua_ffi_shadow_remove(&op->v);
     }
 
-    ngx_http_lua_ffi_release(op, 1);
+    ngx_http_lua_ffi_release(op, 1, 1);
 
     ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE);
     ngx_http_lua_ffi_op_error(op, NGX_HTTP_UNPROCESSABLE_ENTITY, op->err);
@@ -1024,7 +1052,7 @@ ngx_http_lua_ffi_act_exit(ngx_http_lua_ffi_op_t *op)
         ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_ABORT, op);
     }
 
-    ngx_http_lua_ffi_release(op, 0);
+    ngx_http_lua_ffi_release(op, 0, 0);
 
     ngx_http_lua_ffi_op_error(op, NGX_HTTP_SERVICE_UNAVAILABLE,
                               (u_char *) "worker exiting");

@@ -563,8 +563,8 @@ ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path)
             ngx_http_lua_ffi_shm->libs[i].watchers |= (uint64_t) 1 << slot;
         }
 
-        missed = ngx_strcmp(ident, ngx_http_lua_ffi_shm->libs[i].drop_ident)
-                 != 0;
+        missed = ngx_http_lua_ffi_shm_drop_open(&ngx_http_lua_ffi_shm->libs[i],
+                                                ident);
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
@@ -642,8 +642,8 @@ ngx_http_lua_ffi_shm_drop_pending(ngx_str_t *path)
 
     i = ngx_http_lua_ffi_shm_find_path(path);
     if (i != NGX_ERROR) {
-        pending = ngx_strcmp(ident, ngx_http_lua_ffi_shm->libs[i].drop_ident)
-                  != 0;
+        pending = ngx_http_lua_ffi_shm_drop_open(
+                                      &ngx_http_lua_ffi_shm->libs[i], ident);
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
@@ -677,6 +677,21 @@ ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+}
+
+
+/*
+ * A drop is judged only once the reload that recorded it ended: until
+ * then its coordinator may die (SIGKILL) or exit, and a live watcher
+ * must judge it again. drop_pid is set by CHECK with drop_ident and
+ * cleared when that reload releases the turn; one left behind names a
+ * coordinator that never finished. Called with the zone locked.
+ */
+
+ngx_uint_t
+ngx_http_lua_ffi_shm_drop_open(ngx_http_lua_ffi_shm_lib_t *sl, u_char *ident)
+{
+    return ngx_strcmp(ident, sl->drop_ident) != 0 || sl->drop_pid != 0;
 }
 
 

@@ -45,6 +45,7 @@ typedef struct {
     uint64_t                      watchers;    /* slots < 64 watching it */
     uint64_t                      holders;     /* slots < 64 that loaded it */
     u_char                        drop_ident[96];
+    ngx_pid_t                     drop_pid;    /* judging it, reload on */
     time_t                        last_drop;
     u_char                        last_drop_event[32];
     u_char                        last_drop_outcome[NGX_HTTP_LUA_FFI_ERRLEN];
@@ -90,6 +91,8 @@ ngx_uint_t ngx_http_lua_ffi_shm_alive(ngx_pid_t pid);
 void ngx_http_lua_ffi_shm_notify_all(void);
 void ngx_http_lua_ffi_shm_file_ident(u_char *path, u_char *ident,
     size_t len);
+ngx_uint_t ngx_http_lua_ffi_shm_drop_open(ngx_http_lua_ffi_shm_lib_t *sl,
+    u_char *ident);
 ngx_uint_t ngx_http_lua_ffi_shm_trial_cfgs(ngx_uint_t lib, ngx_str_t *cfgs,
     ngx_uint_t max);
 void ngx_http_lua_ffi_shm_worker_init(void);

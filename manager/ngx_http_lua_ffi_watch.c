@@ -302,7 +302,10 @@ ngx_http_lua_ffi_watch_fire(ngx_event_t *ev)
                        "ffi: \"%V\" changed, another worker acts on it",
                        &lib->path);
 
-        /* until it did: the actor may die first, then this one acts */
+        /*
+         * until a reload that judged it ended: the actor may die first,
+         * even mid-reload, then this one acts
+         */
         if (ngx_http_lua_ffi_shm_drop_pending(&lib->path)) {
             ngx_add_timer(&lib->watch_timer,
                           NGX_HTTP_LUA_FFI_WATCH_RETRY_MSEC);

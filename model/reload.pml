@@ -6,12 +6,15 @@
  * at any step or a transient failure while judging a drop (one fault per
  * run: the state space stays small enough for make test), a worker that
  * crashes and is respawned (a HUP replaces a slot's occupant the same
- * way). Checked exhaustively (make test, about a million states):
+ * way). Checked exhaustively (make test, about three million states):
  *   - after a 200, no live worker serves the old version (assert);
  *   - no two reloads interleave (assert);
- *   - a drop is judged at most once (assert), and every reload and drop
- *     ends: no invalid end state, and at the end every live worker serves
- *     the current version and a drop some live worker watches is judged.
+ *   - a drop is judged at most once by a reload that ended (assert): it
+ *     is judged again only when the coordinator that recorded it died
+ *     before its reload ended; and every reload and drop ends: no invalid
+ *     end state, and at the end every live worker serves the current
+ *     version and a drop some live worker watches was judged by a reload
+ *     that ended (not only recorded by a coordinator that died).
  */
 
 #define N       2            /* worker slots */
@@ -32,8 +35,10 @@ bool   rc_ok[N];
 bool   alive[N];
 bool   watches[N];           /* the slot's occupant watches the file */
 bool   file_new;             /* a drop waits to be judged */
-bool   judged_new;           /* drop_ident: the new file was judged */
-byte   judged;
+bool   judged_new;           /* drop_ident: the new file was recorded */
+bool   judging;              /* drop_pid != 0: its reload did not end */
+bool   judger_alive;         /* the coordinator that recorded it */
+byte   judged;               /* judgements of the drop that ended */
 
 /* per worker: versions of its runtimes and of their prepared twins */
 byte   rt[N * RT];
@@ -157,7 +162,7 @@ end:
             watches[i] = true;
             /* a drop it could not see: judged like one seen */
             if
-            :: file_new && !judged_new -> ev[i] = true
+            :: file_new && (!judged_new || judging) -> ev[i] = true
             :: else
             fi
         :: else
@@ -166,12 +171,12 @@ end:
 
     /* a drop seen: the actor acts, the others look again later */
     :: atomic {
-        LIVE(i) && ev[i] && ACTOR(i) && spawned < 2 ->
+        LIVE(i) && ev[i] && ACTOR(i) && spawned < 3 ->
         ev[i] = false;
         spawned++;
         run Coordinator(2, true)
        }
-    :: atomic { LIVE(i) && ev[i] && judged_new -> ev[i] = false }
+    :: atomic { LIVE(i) && ev[i] && judged_new && !judging -> ev[i] = false }
 
     /* crash (or HUP), and the master's new occupant of the slot */
     :: atomic {
@@ -208,7 +213,7 @@ end:
 proctype Coordinator(byte id; bool drop)
 {
     byte i, v, myseq;
-    bool ok;
+    bool ok, mine;
 
     /* WAIT */
     do
@@ -233,17 +238,20 @@ proctype Coordinator(byte id; bool drop)
     /* CHECK */
     if
     :: atomic {
-        drop && judged_new ->        /* already judged: 304 */
+        drop && judged_new && !judging ->   /* already judged: 304 */
         goto release
        }
     :: atomic {
-        drop && !judged_new ->
+        /* new, or recorded by a coordinator that died before it ended */
+        drop && (!judged_new || judging) ->
+        assert(!judging || !judger_alive);
         judged_new = true;
-        judged++;
-        assert(judged <= 1)
+        judging = true;
+        judger_alive = true;
+        mine = true
        }
     :: atomic {
-        drop && !judged_new && FAULT;
+        drop && (!judged_new || judging) && FAULT;
         /* transient (EMFILE): not judged, the watcher tries again */
         ev[0] = watches[0];
         ev[1] = watches[1];
@@ -296,11 +304,34 @@ proctype Coordinator(byte id; bool drop)
     od;
 
 release:
-    atomic { owner = 0; owner_alive = false; in_reload--; goto done };
+    atomic {
+        if
+        :: mine ->                   /* drop_pid := 0: judged now */
+            judging = false;
+            judged++;
+            assert(judged <= 1)
+        :: else
+        fi;
+        owner = 0; owner_alive = false; in_reload--; goto done
+    };
 
 dead:
-    /* killed: the owner is not alive any more; nothing else is undone */
-    atomic { owner_alive = false; in_reload-- };
+    /*
+     * killed: the owner is not alive any more; nothing else is undone. A
+     * drop it recorded stays open (drop_pid left set): the watchers look
+     * again (their retry timer, or the respawned occupant's "missed").
+     */
+    atomic {
+        owner_alive = false;
+        in_reload--;
+        if
+        :: mine ->
+            judger_alive = false;
+            ev[0] = watches[0];
+            ev[1] = watches[1]
+        :: else
+        fi
+    };
 
 done:
     coords_done++
@@ -336,7 +367,8 @@ proctype Check()
             i++
         :: else -> break
         od;
-        assert(!(file_new && (watches[0] || watches[1])) || judged_new)
+        assert(!(file_new && (watches[0] || watches[1]))
+               || (judged_new && !judging))
     }
 }
 
