@@ -791,6 +791,10 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     }
 
     dl = dlopen((char *) proc, mode);
+
+    /* constructors ran: nginx's signal handlers must still be nginx's */
+    ngx_http_lua_ffi_signal_guard(ngx_cycle->log, &lib->path);
+
     if (dl == NULL) {
         ngx_snprintf(err, errlen, "dlopen(\"%V\") failed: %s%Z", &lib->path,
                      dlerror());

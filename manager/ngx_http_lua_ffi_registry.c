@@ -394,6 +394,8 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img,
 
     (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
 
+    ngx_http_lua_ffi_signal_guard(ngx_cycle->log, &img->library->path);
+
     free(c);
 
     if (n != 0) {

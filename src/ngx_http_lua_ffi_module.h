@@ -308,6 +308,7 @@ void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
 
 /* signal: nginx's handlers run on the event loop thread only */
 ngx_int_t ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle);
+void ngx_http_lua_ffi_signal_guard(ngx_log_t *log, ngx_str_t *library);
 
 /* log: runtime lines, written on the event loop */
 void ngx_http_lua_ffi_log_flush(void);

@@ -135,6 +135,70 @@ ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle)
 
 
 /*
+ * The signals a worker acts on (ngx_signal_handler: QUIT, WINCH, TERM,
+ * INT, USR1, and CHLD for its children). A worker only logs HUP, USR2 and
+ * IO, and the JVM needs USR2 for itself (thread suspend and resume): those
+ * are left to whoever took them.
+ */
+
+static ngx_uint_t
+ngx_http_lua_ffi_signal_acts(int signo)
+{
+    return signo == ngx_signal_value(NGX_SHUTDOWN_SIGNAL)
+           || signo == ngx_signal_value(NGX_NOACCEPT_SIGNAL)
+           || signo == ngx_signal_value(NGX_TERMINATE_SIGNAL)
+           || signo == ngx_signal_value(NGX_REOPEN_SIGNAL)
+           || signo == SIGINT
+           || signo == SIGCHLD;
+}
+
+
+/*
+ * After a library's code ran (dlopen's constructors, libffi_init): a
+ * library may have put a handler of its own on one of nginx's signals (the
+ * JVM takes INT, TERM and QUIT unless started with -Xrs), and nginx's
+ * would never run again in this worker. The signals a worker acts on are
+ * nginx's: the trampoline goes back in front of nginx's handler, and the
+ * library's is dropped, with a line saying so.
+ */
+
+void
+ngx_http_lua_ffi_signal_guard(ngx_log_t *log, ngx_str_t *library)
+{
+    ngx_uint_t                  i;
+    struct sigaction            sa;
+    ngx_http_lua_ffi_signal_t  *s;
+
+    for (i = 0; i < NGX_HTTP_LUA_FFI_NSIGNALS; i++) {
+        s = &ngx_http_lua_ffi_signals[i];
+
+        if (s->signo == 0 || !ngx_http_lua_ffi_signal_acts(s->signo)
+            || sigaction(s->signo, NULL, &sa) == -1)
+        {
+            continue;
+        }
+
+        if ((sa.sa_flags & SA_SIGINFO)
+            && sa.sa_sigaction == ngx_http_lua_ffi_signal_trampoline)
+        {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "ffi: \"%V\" replaced nginx's handler of signal %d: "
+                      "nginx's is back (a library must not handle nginx's "
+                      "signals)", library, s->signo);
+
+        sa = s->nginx;
+        sa.sa_sigaction = ngx_http_lua_ffi_signal_trampoline;
+        sa.sa_flags |= SA_SIGINFO | SA_ONSTACK;
+
+        (void) sigaction(s->signo, &sa, NULL);
+    }
+}
+
+
+/*
  * Only async-signal-safe work here, and errno as the interrupted code left
  * it. On a thread of the worker other than the loop: a thread-directed copy
  * of the signal for the loop thread. The kernel lets no thread send another
