@@ -111,7 +111,9 @@
  * IO, CHLD) act only on the worker's event loop thread: one of these that
  * lands on a thread of yours, whatever its mask, is passed on to that
  * thread. Threads started in libffi_init inherit a mask that blocks them.
- * Do not install handlers for these signals: yours would replace nginx's.
+ * Do not install handlers for these signals: after dlopen() and after each
+ * libffi_init the host puts nginx's back for those a worker acts on (QUIT,
+ * WINCH, TERM, INT, USR1, CHLD) and logs a warning.
  *
  * States of an image:   loading -> serving -> draining -> closed
  * States of a runtime:  serving -> draining -> drained (or stuck, when a
