@@ -20,7 +20,7 @@ fail() { echo "not ok - $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root (it installs a package)"
 deb=$(ls "$PWD"/${PKG}_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || fail "no ./${PKG}_*.deb: run make deb first"
-if dpkg-query -W -f='${Status}' $PKG 2>/dev/null | grep -q installed; then
+if [[ $(dpkg-query -W -f='${Status}' $PKG 2>/dev/null) == *installed* ]]; then
     fail "$PKG is installed already: the test must not replace it"
 fi
 
@@ -42,7 +42,7 @@ cleanup() {
     if [ -n "$moved_default" ]; then
         mv "$work/default" /etc/nginx/sites-enabled/default
     fi
-    if dpkg-query -W -f='${Status}' $PKG 2>/dev/null | grep -q installed; then
+    if [[ $(dpkg-query -W -f='${Status}' $PKG 2>/dev/null) == *installed* ]]; then
         DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq \
             -o DPkg::Lock::Timeout=900 $PKG >/dev/null
     fi
@@ -73,7 +73,7 @@ wait_gone() {   # a process, for up to 60 s
 await() {
     local url=$1 pattern=$2 i
     for i in $(seq 600); do
-        curl -s "$url" | grep -q "$pattern" && return 0
+        grep -q "$pattern" <<<"$(curl -s "$url")" && return 0
         sleep 0.1
     done
     return 1
@@ -141,13 +141,15 @@ for f in /usr/lib/nginx/modules/ngx_http_lua_ffi_module.so \
     [ -f "$f" ] || fail "$f not installed"
 done
 [ "$(stat -c %U:%a $LIBDIR)" = root:755 ] || fail "$LIBDIR not root 0755"
-if strings /usr/lib/nginx/modules/ngx_http_lua_ffi_module.so \
-        | grep -q "$(pwd)"; then
+# (grep on a string: with pipefail, `strings | grep -q` fails at random when
+# grep stops at the first match and strings dies of SIGPIPE)
+if grep -qF "$(pwd)" \
+        <<<"$(strings /usr/lib/nginx/modules/ngx_http_lua_ffi_module.so)"; then
     fail "the module holds a path of the build tree"
 fi
 ok "module, lua, header, helpers, docs; no build-tree path in the module"
 
-/usr/bin/ffi-elf-check "$work/libdemo-1.so" | grep -q ": ok build-id=$ID1" \
+grep -q ": ok build-id=$ID1" <<<"$(/usr/bin/ffi-elf-check "$work/libdemo-1.so")" \
     || fail "ffi-elf-check"
 ok "ffi-elf-check accepts the demo"
 
@@ -200,7 +202,7 @@ ok "a call: hello (libdemo.so found by short name, no ffi_library_path)"
 
 workers=$(ps -o pid= --ppid "$master" | sort)
 body=$(curl -s "$base/crash" || true)
-echo "$body" | grep -q 'crashed (signal 11) .* in a trial process' \
+grep -q 'crashed (signal 11) .* in a trial process' <<<"$body" \
     || fail "a crashing constructor without the trial: $body"
 [ "$(ps -o pid= --ppid "$master" | sort)" = "$workers" ] \
     || fail "a worker died"
@@ -211,14 +213,14 @@ workers=$(ps -o user= --ppid "$master" | sort -u)
 ok "workers run as www-data"
 
 shadows=$(find $SHADOW -mindepth 1 -printf '%u %p\n')
-echo "$shadows" | grep -q . || fail "no shadow copy under $SHADOW"
+grep -q . <<<"$shadows" || fail "no shadow copy under $SHADOW"
 if echo "$shadows" | grep -v '^www-data '; then
     fail "shadow files not owned by www-data"
 fi
 ok "shadow copies under $SHADOW, owned by www-data"
 
 body=$(curl -s -X POST "$base/ffi/reload?lib=demo")
-echo "$body" | grep -q '"version":2' || fail "admin reload: $body"
+grep -q '"version":2' <<<"$body" || fail "admin reload: $body"
 [ "$(curl -s "$base/echo?msg=two")" = two ] || fail "call after reload"
 ok "POST /ffi/reload?lib=demo: version 2 serves"
 
@@ -230,9 +232,9 @@ await "$base/ffi/status" '"version":3' \
 ok "a new file dropped into $LIBDIR: version 3 serves"
 
 status=$(curl -s "$base/ffi/status")
-echo "$status" | grep -q "\"path\":\"$LIBDIR/libdemo.so\"" \
+grep -q "\"path\":\"$LIBDIR/libdemo.so\"" <<<"$status" \
     || fail "status: $status"
-echo "$status" | grep -q "\"build_id\":\"$ID2\"" \
+grep -q "\"build_id\":\"$ID2\"" <<<"$status" \
     || fail "status build_id: $status"
 ok "GET /ffi/status: $LIBDIR/libdemo.so, version 3, build-id $ID2"
 
