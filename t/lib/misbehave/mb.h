@@ -170,4 +170,73 @@ mb_join_all(void)
     }
 }
 
+
+/*
+ * An answer a thread gives later: from "MS:BODY" (or "MS", the body then
+ * being the same text), for task, after MS milliseconds. again tells that
+ * thread what to do; mb_later_free() when it is done. NULL: out of memory.
+ */
+
+typedef struct {
+    void  *task;
+    int    ms;
+    char  *body;
+    int    again;
+} mb_later_t;
+
+
+static inline mb_later_t *
+mb_later_new(void *task, char *arg, int again)
+{
+    char        *body;
+    mb_later_t  *l;
+
+    body = strchr(arg, ':');
+    body = body ? body + 1 : arg;
+
+    l = malloc(sizeof(mb_later_t));
+    if (l == NULL) {
+        return NULL;
+    }
+
+    l->task = task;
+    l->ms = atoi(arg);
+    l->body = mb_dup(body, strlen(body));
+    l->again = again;
+
+    return l;
+}
+
+
+static inline void
+mb_later_free(mb_later_t *l)
+{
+    free(l->body);
+    free(l);
+}
+
+
+/*
+ * The runtime most of these libraries are: libffi_init starts one thread
+ * that polls the runtime's queue with poll(tq), and the image's destructor
+ * joins it (and whatever else mb_spawn() started) before dlclose() unmaps
+ * the code. A library with more to do at either end writes its own.
+ */
+
+#define MB_ONE_POLLER_INIT(poll)                                             \
+    int                                                                      \
+    libffi_init(char *cfg, void *tq)                                         \
+    {                                                                        \
+        (void) cfg;                                                          \
+                                                                             \
+        return mb_spawn(poll, tq) == 0 ? 0 : 1;                              \
+    }
+
+#define MB_JOIN_AT_UNLOAD()                                                  \
+    __attribute__((destructor)) static void                                  \
+    mb_join_at_unload(void)                                                  \
+    {                                                                        \
+        mb_join_all();                                                       \
+    }
+
 #endif /* MB_H */

@@ -59,17 +59,7 @@ mb_huge_poll(void *tq)
 }
 
 
-int
-libffi_init(char *cfg, void *tq)
-{
-    (void) cfg;
-
-    return mb_spawn(mb_huge_poll, tq) == 0 ? 0 : 1;
-}
+MB_ONE_POLLER_INIT(mb_huge_poll)
 
 
-__attribute__((destructor)) static void
-mb_huge_fini(void)
-{
-    mb_join_all();
-}
+MB_JOIN_AT_UNLOAD()

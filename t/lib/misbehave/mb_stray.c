@@ -36,17 +36,10 @@ static pthread_cond_t   mb_gate_cond = PTHREAD_COND_INITIALIZER;
 static int              mb_gate_open;
 
 
-typedef struct {
-    void  *task;
-    int    ms;
-    char  *body;
-} mb_late_t;
-
-
 static void *
 mb_stray_late(void *arg)
 {
-    mb_late_t  *l = arg;
+    mb_later_t  *l = arg;
 
     usleep(l->ms * 1000);
 
@@ -54,8 +47,7 @@ mb_stray_late(void *arg)
     ngx_http_lua_ffi_respond(l->task, 0, mb_cat("second:", l->body), 0);
     mb_log("mb_stray answered %s twice after %d ms", l->body, l->ms);
 
-    free(l->body);
-    free(l);
+    mb_later_free(l);
 
     return NULL;
 }
@@ -126,26 +118,17 @@ mb_stray_forge(void *task)
 static void
 mb_stray_later(void *task, char *arg)
 {
-    char       *body;
-    mb_late_t  *l;
+    mb_later_t  *l;
 
-    body = strchr(arg, ':');
-    body = body ? body + 1 : arg;
-
-    l = malloc(sizeof(mb_late_t));
+    l = mb_later_new(task, arg, 0);
     if (l == NULL) {
         ngx_http_lua_ffi_respond(task, 12, NULL, 0);
         return;
     }
 
-    l->task = task;
-    l->ms = atoi(arg);
-    l->body = mb_dup(body, strlen(body));
-
     if (mb_spawn(mb_stray_late, l) != 0) {
         ngx_http_lua_ffi_respond(task, 12, NULL, 0);
-        free(l->body);
-        free(l);
+        mb_later_free(l);
     }
 }
 
@@ -226,17 +209,7 @@ mb_stray_poll(void *tq)
 }
 
 
-int
-libffi_init(char *cfg, void *tq)
-{
-    (void) cfg;
-
-    return mb_spawn(mb_stray_poll, tq) == 0 ? 0 : 1;
-}
+MB_ONE_POLLER_INIT(mb_stray_poll)
 
 
-__attribute__((destructor)) static void
-mb_stray_fini(void)
-{
-    mb_join_all();
-}
+MB_JOIN_AT_UNLOAD()

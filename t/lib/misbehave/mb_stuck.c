@@ -46,13 +46,7 @@ mb_stuck_poll(void *tq)
 }
 
 
-int
-libffi_init(char *cfg, void *tq)
-{
-    (void) cfg;
-
-    return mb_spawn(mb_stuck_poll, tq) == 0 ? 0 : 1;
-}
+MB_ONE_POLLER_INIT(mb_stuck_poll)
 
 
 __attribute__((destructor)) static void

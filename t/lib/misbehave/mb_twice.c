@@ -7,18 +7,12 @@
 #include "mb.h"
 
 
-typedef struct {
-    void  *task;
-    int    ms;
-    char  *body;
-    int    again;           /* 1: the second answer, 0: the only one */
-} mb_again_t;
-
+/* a->again: 1, the second answer; 0, the only one */
 
 static void *
 mb_twice_again(void *arg)
 {
-    mb_again_t  *a = arg;
+    mb_later_t  *a = arg;
 
     usleep(a->ms * 1000);
 
@@ -32,8 +26,7 @@ mb_twice_again(void *arg)
         mb_log("mb_twice answered %s after %d ms", a->body, a->ms);
     }
 
-    free(a->body);
-    free(a);
+    mb_later_free(a);
 
     return NULL;
 }
@@ -42,25 +35,17 @@ mb_twice_again(void *arg)
 static void
 mb_twice_later(void *task, char *arg, int again)
 {
-    char        *body;
-    mb_again_t  *a;
+    mb_later_t  *a;
 
-    body = strchr(arg, ':');
-    body = body ? body + 1 : arg;
-
-    a = malloc(sizeof(mb_again_t));
+    a = mb_later_new(task, arg, again);
     if (a == NULL) {
         ngx_http_lua_ffi_respond(task, 12, NULL, 0);
         return;
     }
 
-    a->task = task;
-    a->ms = atoi(arg);
-    a->body = mb_dup(body, strlen(body));
-    a->again = again;
-
     if (again) {
-        ngx_http_lua_ffi_respond(task, 0, mb_dup(body, strlen(body)), 0);
+        ngx_http_lua_ffi_respond(task, 0, mb_dup(a->body, strlen(a->body)),
+                                 0);
     }
 
     if (mb_spawn(mb_twice_again, a) != 0) {
@@ -68,8 +53,7 @@ mb_twice_later(void *task, char *arg, int again)
             ngx_http_lua_ffi_respond(task, 12, NULL, 0);
         }
 
-        free(a->body);
-        free(a);
+        mb_later_free(a);
     }
 }
 
@@ -111,17 +95,7 @@ mb_twice_poll(void *tq)
 }
 
 
-int
-libffi_init(char *cfg, void *tq)
-{
-    (void) cfg;
-
-    return mb_spawn(mb_twice_poll, tq) == 0 ? 0 : 1;
-}
+MB_ONE_POLLER_INIT(mb_twice_poll)
 
 
-__attribute__((destructor)) static void
-mb_twice_fini(void)
-{
-    mb_join_all();
-}
+MB_JOIN_AT_UNLOAD()
