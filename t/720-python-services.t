@@ -3,15 +3,13 @@
 # and version; resty_ffi.dict_* share lua_shared_dict zones with Lua.
 use lib 't/lib';
 use FFITest;
+use ServiceTest;
 
 our $repo = FFITest::repo();
 our $root = FFITest::servroot();
 
 my $pylib = "$root/pylib";
-mkdir $pylib;
-
-open my $fh, '>', "$pylib/t720.py" or die "$pylib/t720.py: $!\n";
-print $fh <<'PY';
+ServiceTest::write_module($pylib, 't720.py', <<'PY');
 import logging
 import sys
 import threading
@@ -81,7 +79,6 @@ def counter(req):
         t.join()
     return b"counted"
 PY
-close $fh;
 
 our $main_config = "env LD_LIBRARY_PATH=$repo/examples/python;\n"
                  . "env PYTHONPATH=$pylib;";
@@ -196,18 +193,8 @@ from python 42
 --- main_config eval: $::main_config
 --- http_config
 lua_shared_dict ffi_dict 1m;
---- config
-location = /t {
-    content_by_lua_block {
-        local d = ngx.shared.ffi_dict
-        local rt = assert(ngx.load_ffi("ffi_python3", "t720,counter",
-                                       {is_global = true}))
-        local t = ngx.thread.spawn(function() return rt:call("") end)
-        for i = 1, 40000 do d:incr("counter", 1, 0) end
-        local _, ok, res = ngx.thread.wait(t)
-        ngx.say(res, " ", d:get("counter"))
-    }
-}
+--- config eval
+ServiceTest::counter_config("ffi_python3", "t720,counter", "", 40000)
 --- request
 GET /t
 --- timeout: 60

@@ -3,15 +3,13 @@
 # init), the addon logs for a runtime and shares lua_shared_dict zones.
 use lib 't/lib';
 use FFITest;
+use ServiceTest;
 
 our $repo = FFITest::repo();
 our $root = FFITest::servroot();
 
 our $nodelib = "$root/nodelib";
-mkdir $nodelib;
-
-open my $fh, '>', "$nodelib/t740.js" or die "t740.js: $!\n";
-print $fh <<'JS';
+ServiceTest::write_module($nodelib, 't740.js', <<'JS');
 const { Worker, isMainThread, workerData } = require('node:worker_threads');
 const ffi = require('resty_ffi');
 
@@ -65,7 +63,6 @@ if (isMainThread) {
     }
 }
 JS
-close $fh;
 
 our $main_config = "env LD_LIBRARY_PATH=$repo/examples/nodejs;\n"
                  . "env NODE_PATH=$nodelib;";
@@ -134,18 +131,8 @@ from node 42
 --- main_config eval: $::main_config
 --- http_config
 lua_shared_dict ffi_dict 1m;
---- config
-location = /t {
-    content_by_lua_block {
-        local d = ngx.shared.ffi_dict
-        local rt = assert(ngx.load_ffi("ffi_nodejs", "t740,init",
-                                       {is_global = true}))
-        local t = ngx.thread.spawn(function() return rt:call("count") end)
-        for i = 1, 20000 do d:incr("counter", 1, 0) end
-        local _, ok, res = ngx.thread.wait(t)
-        ngx.say(res, " ", d:get("counter"))
-    }
-}
+--- config eval
+ServiceTest::counter_config("ffi_nodejs", "t740,init", "count", 20000)
 --- request
 GET /t
 --- timeout: 60
