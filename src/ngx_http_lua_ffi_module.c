@@ -20,7 +20,7 @@ static ngx_int_t ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_exit_master(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_close_fds(void *data);
-static void ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_leave(void);
 
 
@@ -382,7 +382,10 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    ngx_http_lua_ffi_pin_self(cycle);
+    /* before anything can leave a pointer into this image behind */
+    if (ngx_http_lua_ffi_pin_self(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     ngx_memzero(w, sizeof(ngx_http_lua_ffi_worker_t));
     w->log = cycle->log;
@@ -431,13 +434,18 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
 /*
  * nginx dlclose()s its dynamic modules when a worker exits (a cleanup of
  * the cycle's pool that ngx_load_module registers), while runtime threads
- * may still be in task_poll or respond, or call them later. In a worker
- * this image is pinned: mapped until the process ends. The master, which
- * runs no runtime, keeps nginx's own handling, so that a reload with a new
- * build of the module maps the new file.
+ * may still be in task_poll or respond, or call them later, and a signal
+ * may still land on a library's thread and enter the signal trampoline
+ * (ngx_http_lua_ffi_signal.c) that is the process's handler from now on.
+ * So in a worker this image is pinned, here and only here, for all of the
+ * module: mapped until the process ends. Without the pin neither the
+ * bridge nor the trampoline may be set up: the worker does not start. The
+ * master, which runs no runtime and installs no trampoline, keeps nginx's
+ * own handling, so that a reload with a new build of the module maps the
+ * new file.
  */
 
-static void
+static ngx_int_t
 ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle)
 {
     void     *self;
@@ -447,9 +455,9 @@ ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle)
         || info.dli_fname == NULL)
     {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "ffi: dladdr() found no file for the module: it may "
-                      "be unmapped under runtime threads at exit");
-        return;
+                      "ffi: dladdr() found no file for the module: it "
+                      "cannot be kept mapped under runtime threads");
+        return NGX_ERROR;
     }
 
     self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
@@ -458,11 +466,13 @@ ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle)
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "ffi: pinning \"%s\" failed: %s", info.dli_fname,
                       dlerror());
-        return;
+        return NGX_ERROR;
     }
 
     /* the reference goes; RTLD_NODELETE stays */
     (void) dlclose(self);
+
+    return NGX_OK;
 }
 
 

@@ -5,7 +5,6 @@
 
 #include "ngx_http_lua_ffi_module.h"
 
-#include <dlfcn.h>
 #include <sys/syscall.h>
 
 
@@ -65,27 +64,14 @@ ngx_int_t
 ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle)
 {
     int                         signo;
-    char                       *err;
-    Dl_info                     self;
     ngx_uint_t                  i;
     struct sigaction            sa;
     ngx_http_lua_ffi_signal_t  *s;
 
     /*
-     * nginx unmaps its modules when a worker exits, and a library's thread
-     * may take a signal until the very end: the trampoline stays mapped.
+     * The trampoline stays mapped for as long as a thread may take a
+     * signal: ngx_http_lua_ffi_init_process() pinned the module before.
      */
-    if (dladdr((void *) ngx_http_lua_ffi_signal_trampoline, &self) == 0
-        || self.dli_fname == NULL
-        || dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE)
-           == NULL)
-    {
-        err = dlerror();
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "ffi: cannot keep the module mapped: %s",
-                      err ? err : "dladdr() failed");
-        return NGX_ERROR;
-    }
 
     ngx_http_lua_ffi_signal_pid = getpid();
     ngx_http_lua_ffi_signal_tid = (pid_t) syscall(SYS_gettid);
