@@ -285,11 +285,7 @@ ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
 {
     ngx_http_lua_ffi_op_t  *op;
 
-    if (ngx_http_lua_ffi_shm == NULL) {
-        return NGX_ERROR;
-    }
-
-    op = ngx_calloc(sizeof(ngx_http_lua_ffi_op_t), ngx_cycle->log);
+    op = ngx_http_lua_ffi_shm_op_alloc(sizeof(ngx_http_lua_ffi_op_t));
     if (op == NULL) {
         return NGX_ERROR;
     }
@@ -297,16 +293,15 @@ ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     op->state = NGX_HTTP_LUA_FFI_R_WAIT;
     op->done = done;
     op->data = data;
-    op->timer.handler = ngx_http_lua_ffi_op_timer;
-    op->timer.data = op;
-    op->timer.log = ngx_cycle->log;
 
     /*
      * A worker told to exit (nginx -s reload, -s quit) finishes the reload
-     * it coordinates first: every phase is bounded by its deadline.
+     * it coordinates first (not cancelable): every phase is bounded by its
+     * deadline.
      */
-    op->timer.cancelable = 0;
-    op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
+    op->deadline = ngx_http_lua_ffi_shm_op_timer(&op->timer,
+                                                 ngx_http_lua_ffi_op_timer,
+                                                 op, 0);
     op->flags = flags;
     op->name.data = op->name_buf;
     op->name.len = ngx_min(name->len, NGX_HTTP_LUA_FFI_NAMELEN - 1);

@@ -726,6 +726,41 @@ ngx_http_lua_ffi_shm_alive(ngx_pid_t pid)
 }
 
 
+/*
+ * An operation a worker runs for an admin request (a reload, a status):
+ * zeroed memory, only where there is a zone to reach the other workers
+ * through. NULL: no zone (not a worker of this module) or no memory.
+ */
+
+void *
+ngx_http_lua_ffi_shm_op_alloc(size_t size)
+{
+    if (ngx_http_lua_ffi_shm == NULL) {
+        return NULL;
+    }
+
+    return ngx_calloc(size, ngx_cycle->log);
+}
+
+
+/*
+ * Its timer, which calls handler with the op, and its deadline, returned:
+ * every such operation is bounded by ffi_reload_timeout from its start.
+ */
+
+ngx_msec_t
+ngx_http_lua_ffi_shm_op_timer(ngx_event_t *timer, ngx_event_handler_pt handler,
+    void *op, ngx_uint_t cancelable)
+{
+    timer->handler = handler;
+    timer->data = op;
+    timer->log = ngx_cycle->log;
+    timer->cancelable = cancelable;
+
+    return ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
+}
+
+
 void
 ngx_http_lua_ffi_shm_notify_all(void)
 {

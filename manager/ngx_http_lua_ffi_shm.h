@@ -89,6 +89,9 @@ ngx_int_t ngx_http_lua_ffi_shm_find_name(ngx_str_t *name);
 ngx_int_t ngx_http_lua_ffi_shm_find_path(ngx_str_t *path);
 ngx_uint_t ngx_http_lua_ffi_shm_alive(ngx_pid_t pid);
 void ngx_http_lua_ffi_shm_notify_all(void);
+void *ngx_http_lua_ffi_shm_op_alloc(size_t size);
+ngx_msec_t ngx_http_lua_ffi_shm_op_timer(ngx_event_t *timer,
+    ngx_event_handler_pt handler, void *op, ngx_uint_t cancelable);
 void ngx_http_lua_ffi_shm_file_ident(u_char *path, u_char *ident,
     size_t len);
 ngx_uint_t ngx_http_lua_ffi_shm_drop_open(ngx_http_lua_ffi_shm_lib_t *sl,

@@ -60,22 +60,18 @@ ngx_http_lua_ffi_status_start(ngx_http_lua_ffi_reload_done_pt done,
 {
     ngx_http_lua_ffi_status_op_t  *op;
 
-    if (ngx_http_lua_ffi_shm == NULL) {
-        return NGX_ERROR;
-    }
-
-    op = ngx_calloc(sizeof(ngx_http_lua_ffi_status_op_t), ngx_cycle->log);
+    op = ngx_http_lua_ffi_shm_op_alloc(sizeof(ngx_http_lua_ffi_status_op_t));
     if (op == NULL) {
         return NGX_ERROR;
     }
 
     op->done = done;
     op->data = data;
-    op->timer.handler = ngx_http_lua_ffi_status_timer;
-    op->timer.data = op;
-    op->timer.log = ngx_cycle->log;
-    op->timer.cancelable = 1;
-    op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
+
+    /* a worker told to exit answers 503 at once (status_exit) */
+    op->deadline = ngx_http_lua_ffi_shm_op_timer(&op->timer,
+                                                 ngx_http_lua_ffi_status_timer,
+                                                 op, 1);
 
     ngx_queue_insert_tail(&ngx_http_lua_ffi_status_ops, &op->link);
 
