@@ -490,7 +490,10 @@ ffi_node_main(void *data)
 
     /*
      * Node must leave the process's state to nginx: its signal handlers
-     * and dispositions, its stdio and tty, its resource limits.
+     * and dispositions, its stdio and tty, its resource limits. Without
+     * its default signal handling Node also leaves V8's WebAssembly trap
+     * handler off: SIGSEGV stays with a JVM in the same process, whose
+     * implicit null checks need it (hot-reload.md, fault signals).
      */
     std::unique_ptr<node::InitializationResult> init =
         node::InitializeOncePerProcess(args, {
