@@ -93,15 +93,16 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
 
 
 /*
- * Spinning pays only when the worker and a runtime's thread run on two
- * CPUs at once. A worker bound to one CPU (worker_cpu_affinity) passes that
- * binding to the threads libraries start: then neither side spins.
+ * Spinning pays only when the worker and a runtime's thread can run on two
+ * CPUs at once (ngx_http_lua_ffi_cpus_apart): not when both are confined to
+ * the same CPU (worker_cpu_affinity with ffi_runtime_cpus inherit, or a
+ * machine of one CPU). Then neither side spins.
  */
 
 static void
 ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle, ngx_http_lua_ffi_worker_t *w)
 {
-    cpu_set_t                      set;
+    u_char                         buf[NGX_HTTP_LUA_FFI_ERRLEN], *p;
     ngx_http_lua_ffi_main_conf_t  *fmcf;
 
     fmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_lua_ffi_module);
@@ -109,16 +110,16 @@ ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle, ngx_http_lua_ffi_worker_t *w)
     w->busy_poll_ns = (uint64_t) fmcf->busy_poll_us * 1000;
     w->queue_spin_us = fmcf->queue_spin_us;
 
-    if ((w->busy_poll_ns || w->queue_spin_us)
-        && sched_getaffinity(0, sizeof(cpu_set_t), &set) == 0
-        && CPU_COUNT(&set) == 1)
-    {
-        ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
-                      "ffi: worker bound to one CPU: no busy polling or "
-                      "queue spinning");
+    if (!ngx_http_lua_ffi_cpus_apart()) {
         w->busy_poll_ns = 0;
         w->queue_spin_us = 0;
     }
+
+    p = ngx_http_lua_ffi_cpus_describe(buf, buf + sizeof(buf));
+
+    ngx_log_error(NGX_LOG_INFO, cycle->log, 0, "ffi: %*s: %s", p - buf, buf,
+                  (w->busy_poll_ns || w->queue_spin_us)
+                  ? "spinning on" : "no busy polling or queue spinning");
 }
 
 

@@ -268,6 +268,9 @@ typedef struct {
     ngx_shm_zone_t               *shm_zone;
     int                          *notify_fds;    /* one eventfd a worker */
     ngx_uint_t                    nworkers;
+    cpu_set_t                    *runtime_cpus;  /* NULL: inherit */
+    cpu_set_t                     nginx_cpus;    /* the master's */
+    ngx_flag_t                    nginx_cpus_known;
 } ngx_http_lua_ffi_main_conf_t;
 
 
@@ -305,6 +308,17 @@ void ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q);
 ngx_int_t ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
     ngx_http_lua_ffi_task_t *task);
 void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
+
+/* cpus: where the threads of libraries run (ffi_runtime_cpus) */
+char *ngx_http_lua_ffi_cpus_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void ngx_http_lua_ffi_cpus_init_worker(ngx_cycle_t *cycle,
+    ngx_http_lua_ffi_main_conf_t *fmcf);
+ngx_uint_t ngx_http_lua_ffi_cpus_apart(void);
+u_char *ngx_http_lua_ffi_cpus_print(u_char *p, u_char *last, cpu_set_t *set);
+u_char *ngx_http_lua_ffi_cpus_describe(u_char *p, u_char *last);
+void ngx_http_lua_ffi_cpus_enter(void);
+void ngx_http_lua_ffi_cpus_leave(void);
 
 /* signal: nginx's handlers run on the event loop thread only */
 ngx_int_t ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle);
