@@ -524,15 +524,18 @@ ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
 /*
  * Posts a call from the current coroutine. On NGX_OK the Lua side yields;
  * the answer, a timeout or the caller's death decides what happens next.
+ * *anchor is the task's index when the runtime reads req in place: Lua
+ * then holds the string under it until the task is freed; else -1.
  */
 
 ngx_int_t
 ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     ngx_http_lua_ffi_handle_t *h, const char *req, int req_len,
-    int timeout_ms, const char **err)
+    int timeout_ms, int *anchor, const char **err)
 {
     ngx_msec_t                   timeout;
     ngx_int_t                    rc;
+    ngx_uint_t                   in_place;
     ngx_http_lua_ctx_t          *ctx;
     ngx_http_lua_co_ctx_t       *coctx;
     ngx_http_lua_ffi_task_t     *task;
@@ -565,14 +568,27 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    /*
+     * A per-request Lua VM (lua_code_cache off) dies with its request,
+     * and a late answer may come after that: such requests are copied.
+     */
+    in_place = (req != NULL && req_len >= NGX_HTTP_LUA_FFI_IN_PLACE
+                && ctx->vm_state == NULL);
+
     task = ngx_http_lua_ffi_task_alloc(rt->queue.id,
-                                       req ? (size_t) req_len : 0);
+                                       (req && !in_place) ? (size_t) req_len
+                                                          : 0);
     if (task == NULL) {
         *err = "no memory";
         return NGX_ERROR;
     }
 
-    if (req) {
+    if (in_place) {
+        /* read-only for the runtime; LuaJIT put a NUL after the bytes */
+        task->req = (char *) req;
+        task->req_len = req_len;
+
+    } else if (req) {
         /* as upstream: a NUL that len does not count, for C-string readers */
         task->req = task->inline_buf;
         ngx_memcpy(task->req, req, req_len);
@@ -603,6 +619,10 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
         return NGX_DECLINED;
     }
+
+    /* from now on only the event loop frees it, after Lua anchored req */
+    task->in_place = in_place;
+    *anchor = in_place ? (int) task->index : -1;
 
     rt->inflight++;
     rt->calls++;

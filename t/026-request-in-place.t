@@ -31,7 +31,8 @@ function pressure(len)
 end
 
 function address(s)
-    return tostring(tonumber(ffi.cast("intptr_t", ffi.cast("const char *", s))))
+    local p = ffi.cast("intptr_t", ffi.cast("const char *", s))
+    return string.format("%.0f", tonumber(p))
 end
 LUA
 
@@ -184,27 +185,29 @@ lua_check_client_abort on;
 --- config
 location = /t {
     content_by_lua_block {
-        local rt = assert(ngx.load_ffi("ffi_hold"))
-        local state = {}
+        -- no upvalues of a killed coroutine in the timer: they read nil
+        gone = false
 
         -- after the request ended: the memory of its garbage reused
         assert(ngx.timer.at(0, function()
             for _ = 1, 1000 do
-                if state.gone then
+                if gone then
                     break
                 end
                 ngx.sleep(0.01)
             end
             local keep = pressure(100000)
-            ngx.log(ngx.WARN, "gone: ", tostring(state.gone), ", ",
+            local rt = assert(ngx.load_ffi("ffi_hold"))
+            ngx.log(ngx.WARN, "gone: ", tostring(gone), ", ",
                     select(2, rt:call("release")), ", ", #keep)
         end))
 
         assert(ngx.on_abort(function()
-            state.gone = true
+            gone = true
             ngx.exit(499)
         end))
 
+        local rt = assert(ngx.load_ffi("ffi_hold"))
         rt:call(fresh("hold", 100000))
     }
 }
