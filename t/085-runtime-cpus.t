@@ -175,7 +175,7 @@ my %runtimes = (
 for my $name (sort keys %runtimes) {
     my ($so, $cfg, $opts) = @{ $runtimes{$name} };
     SKIP: {
-        skip "$so not built (make examples)", 5 unless -f $so;
+        skip "$so not built (make examples)", 7 unless -f $so;
         my $dir = $so =~ s{/[^/]+$}{}r;
         FFITest::start_nginx(workers => 2,
             main_config => "$affinity\nenv LD_LIBRARY_PATH=$dir;",
