@@ -21,7 +21,8 @@ void *ngx_http_lua_ffi_rt_load(const char *lib, size_t lib_len,
     const char *cfg, size_t cfg_len, int max_queue, int flags,
     int timeout_ms, int *rc, unsigned char *err, size_t *errlen);
 int ngx_http_lua_ffi_rt_call(ngx_http_request_t *r, void *h,
-    const char *req, int req_len, int timeout_ms, const char **err);
+    const char *req, int req_len, int timeout_ms, int *anchor,
+    const char **err);
 void ngx_http_lua_ffi_rt_unload(void *h);
 void ngx_http_lua_ffi_rt_release(void *h);
 ]]
@@ -33,12 +34,23 @@ local LOAD_NO_TRIAL = 4
 local DEFAULT_MAX_QUEUE = 65536
 
 local errp = ffi_new("const char *[1]")
+local anchorp = ffi_new("int[1]")
 local rcp = ffi_new("int[1]")
 local errlenp = ffi_new("size_t[1]")
 local errbuf = ffi_new("unsigned char[?]", ERRLEN)
 
 -- runtimes of this Lua VM by key; the C registry keeps them across VMs
 local runtimes = {}
+
+-- requests a runtime reads in place (16 KB and more), by task index: kept
+-- alive until the task is freed, when C removes them (also after Lua
+-- stopped waiting); C finds the table in the registry under this name
+local anchors
+do
+    local registry = debug.getregistry()
+    anchors = registry.ngx_http_lua_ffi_anchors or {}
+    registry.ngx_http_lua_ffi_anchors = anchors
+end
 
 -- the longest timer nginx keeps (ms in an int); longer means "no timeout"
 local MAX_MS = 2147483647
@@ -89,7 +101,14 @@ local function call(self, req, timeout)
 
     local ms = seconds_to_ms(timeout, "timeout")
 
-    if C.ngx_http_lua_ffi_rt_call(r, self._h, req, len, ms, errp) == 0 then
+    if C.ngx_http_lua_ffi_rt_call(r, self._h, req, len, ms, anchorp, errp)
+       == 0
+    then
+        local anchor = anchorp[0]
+        if anchor >= 0 then
+            anchors[anchor] = req
+        end
+
         return co_yield()
     end
 

@@ -790,7 +790,10 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
         return NULL;
     }
 
+    /* threads that constructors start run where runtimes run */
+    ngx_http_lua_ffi_cpus_enter();
     dl = dlopen((char *) proc, mode);
+    ngx_http_lua_ffi_cpus_leave();
 
     /* constructors ran: nginx's signal handlers must still be nginx's */
     ngx_http_lua_ffi_signal_guard(ngx_cycle->log, &lib->path);

@@ -390,8 +390,12 @@ ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img,
     sigdelset(&mask, SIGPROF);
     (void) pthread_sigmask(SIG_BLOCK, &mask, &old);
 
+    /* and they run on the runtime's CPUs (ffi_runtime_cpus), not ours */
+    ngx_http_lua_ffi_cpus_enter();
+
     n = img->init(c, rt);
 
+    ngx_http_lua_ffi_cpus_leave();
     (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
 
     ngx_http_lua_ffi_signal_guard(ngx_cycle->log, &img->library->path);

@@ -40,7 +40,11 @@
  * the host and is valid until you answer; as upstream, it ends with a NUL
  * byte that len does not count (req[len] == '\0'), so it may be read as a
  * C string when the request holds no NUL of its own. It is NULL for a call
- * with no argument, and then len is 0. len may be passed as NULL.
+ * with no argument, and then len is 0. len may be passed as NULL. The
+ * buffer is READ-ONLY (char * only for upstream's signature): from 16 KB on
+ * it is the Lua string itself, not a copy, kept alive until you answer,
+ * also when Lua stopped waiting (timeout, client gone). Copy what you want
+ * to change or keep after the answer.
  *
  * A task is an opaque handle, pointer-sized and never 0: pass it back as
  * you got it. The host keeps its calls in a table and checks every handle:
@@ -114,6 +118,16 @@
  * Do not install handlers for these signals: after dlopen() and after each
  * libffi_init the host puts nginx's back for those a worker acts on (QUIT,
  * WINCH, TERM, INT, USR1, CHLD) and logs a warning.
+ *
+ * WHERE YOUR THREADS RUN
+ *
+ * Constructors and libffi_init run on the worker's thread with its CPU set
+ * switched to the runtime's (ffi_runtime_cpus; by default every CPU nginx
+ * may use but the worker's own, when worker_cpu_affinity binds workers), so
+ * every thread you start there, and every thread those start later,
+ * inherits the runtime's CPUs, not the worker's. Do not bind your threads
+ * back to the CPU you find libffi_init on: the worker's set is restored
+ * when it returns.
  *
  * States of an image:   loading -> serving -> draining -> closed
  * States of a runtime:  serving -> draining -> drained (or stuck, when a

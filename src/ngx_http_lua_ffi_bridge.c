@@ -93,15 +93,16 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
 
 
 /*
- * Spinning pays only when the worker and a runtime's thread run on two
- * CPUs at once. A worker bound to one CPU (worker_cpu_affinity) passes that
- * binding to the threads libraries start: then neither side spins.
+ * Spinning pays only when the worker and a runtime's thread can run on two
+ * CPUs at once (ngx_http_lua_ffi_cpus_apart): not when both are confined to
+ * the same CPU (worker_cpu_affinity with ffi_runtime_cpus inherit, or a
+ * machine of one CPU). Then neither side spins.
  */
 
 static void
 ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle, ngx_http_lua_ffi_worker_t *w)
 {
-    cpu_set_t                      set;
+    u_char                         buf[NGX_HTTP_LUA_FFI_ERRLEN], *p;
     ngx_http_lua_ffi_main_conf_t  *fmcf;
 
     fmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_lua_ffi_module);
@@ -109,16 +110,16 @@ ngx_http_lua_ffi_spin_init(ngx_cycle_t *cycle, ngx_http_lua_ffi_worker_t *w)
     w->busy_poll_ns = (uint64_t) fmcf->busy_poll_us * 1000;
     w->queue_spin_us = fmcf->queue_spin_us;
 
-    if ((w->busy_poll_ns || w->queue_spin_us)
-        && sched_getaffinity(0, sizeof(cpu_set_t), &set) == 0
-        && CPU_COUNT(&set) == 1)
-    {
-        ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
-                      "ffi: worker bound to one CPU: no busy polling or "
-                      "queue spinning");
+    if (!ngx_http_lua_ffi_cpus_apart()) {
         w->busy_poll_ns = 0;
         w->queue_spin_us = 0;
     }
+
+    p = ngx_http_lua_ffi_cpus_describe(buf, buf + sizeof(buf));
+
+    ngx_log_error(NGX_LOG_INFO, cycle->log, 0, "ffi: %*s: %s", p - buf, buf,
+                  (w->busy_poll_ns || w->queue_spin_us)
+                  ? "spinning on" : "no busy polling or queue spinning");
 }
 
 
@@ -523,15 +524,18 @@ ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
 /*
  * Posts a call from the current coroutine. On NGX_OK the Lua side yields;
  * the answer, a timeout or the caller's death decides what happens next.
+ * *anchor is the task's index when the runtime reads req in place: Lua
+ * then holds the string under it until the task is freed; else -1.
  */
 
 ngx_int_t
 ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     ngx_http_lua_ffi_handle_t *h, const char *req, int req_len,
-    int timeout_ms, const char **err)
+    int timeout_ms, int *anchor, const char **err)
 {
     ngx_msec_t                   timeout;
     ngx_int_t                    rc;
+    ngx_uint_t                   in_place;
     ngx_http_lua_ctx_t          *ctx;
     ngx_http_lua_co_ctx_t       *coctx;
     ngx_http_lua_ffi_task_t     *task;
@@ -564,14 +568,27 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    /*
+     * A per-request Lua VM (lua_code_cache off) dies with its request,
+     * and a late answer may come after that: such requests are copied.
+     */
+    in_place = (req != NULL && req_len >= NGX_HTTP_LUA_FFI_IN_PLACE
+                && ctx->vm_state == NULL);
+
     task = ngx_http_lua_ffi_task_alloc(rt->queue.id,
-                                       req ? (size_t) req_len : 0);
+                                       (req && !in_place) ? (size_t) req_len
+                                                          : 0);
     if (task == NULL) {
         *err = "no memory";
         return NGX_ERROR;
     }
 
-    if (req) {
+    if (in_place) {
+        /* read-only for the runtime; LuaJIT put a NUL after the bytes */
+        task->req = (char *) req;
+        task->req_len = req_len;
+
+    } else if (req) {
         /* as upstream: a NUL that len does not count, for C-string readers */
         task->req = task->inline_buf;
         ngx_memcpy(task->req, req, req_len);
@@ -602,6 +619,10 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
 
         return NGX_DECLINED;
     }
+
+    /* from now on only the event loop frees it, after Lua anchored req */
+    task->in_place = in_place;
+    *anchor = in_place ? (int) task->index : -1;
 
     rt->inflight++;
     rt->calls++;

@@ -61,6 +61,13 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
       offsetof(ngx_http_lua_ffi_main_conf_t, queue_spin_us),
       NULL },
 
+    { ngx_string("ffi_runtime_cpus"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_lua_ffi_cpus_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("ffi_watch_delay"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -179,6 +186,11 @@ ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
     fmcf->exit_timeout = NGX_CONF_UNSET_MSEC;
     fmcf->reload_timeout = NGX_CONF_UNSET_MSEC;
     fmcf->shm_size = NGX_CONF_UNSET_SIZE;
+    fmcf->runtime_cpus = NGX_CONF_UNSET_PTR;
+
+    /* the master's set: workers are bound to parts of it later */
+    fmcf->nginx_cpus_known = (sched_getaffinity(0, sizeof(cpu_set_t),
+                                                &fmcf->nginx_cpus) == 0);
 
     return fmcf;
 }
@@ -395,6 +407,8 @@ ngx_http_lua_ffi_init_process(ngx_cycle_t *cycle)
     ngx_queue_init(&w->runtimes);
 
     /* before Lua's init_worker can map a library and start its threads */
+    ngx_http_lua_ffi_cpus_init_worker(cycle, fmcf);
+
     if (ngx_http_lua_ffi_signal_init(cycle) != NGX_OK) {
         return NGX_ERROR;
     }

@@ -59,6 +59,15 @@ typedef enum {
 
 #define ngx_http_lua_ffi_task_state(seq, st)  (((uintptr_t) (seq) << 2) | (st))
 
+/*
+ * From this length on a request is not copied: the runtime reads the Lua
+ * string in place (LuaJIT ends every string with a NUL), kept alive by
+ * Lua's anchor table under the task's index until the task is freed. Below
+ * it the copy goes into the task's reused buffer, which is cheaper than
+ * the anchor; at it, that buffer would be malloc()ed and freed per call.
+ */
+#define NGX_HTTP_LUA_FFI_IN_PLACE      16384
+
 struct ngx_http_lua_ffi_task_s {
     ngx_http_lua_ffi_task_t      *next;      /* queue or done-stack link */
     ngx_http_lua_ffi_runtime_t   *runtime;
@@ -75,6 +84,7 @@ struct ngx_http_lua_ffi_task_s {
     ngx_queue_t                   inflight;  /* in the worker's calls */
     const char                   *abandoned; /* why Lua stopped waiting */
     unsigned                      kind:2;
+    unsigned                      in_place:1;  /* req is a Lua string's */
     ngx_uint_t                    index;     /* in the task table */
     char                         *inline_buf;  /* reusable request buffer */
     size_t                        inline_size;
@@ -268,6 +278,9 @@ typedef struct {
     ngx_shm_zone_t               *shm_zone;
     int                          *notify_fds;    /* one eventfd a worker */
     ngx_uint_t                    nworkers;
+    cpu_set_t                    *runtime_cpus;  /* NULL: inherit */
+    cpu_set_t                     nginx_cpus;    /* the master's */
+    ngx_flag_t                    nginx_cpus_known;
 } ngx_http_lua_ffi_main_conf_t;
 
 
@@ -292,7 +305,7 @@ void ngx_http_lua_ffi_task_stray(ngx_http_lua_ffi_task_t *task,
 void ngx_http_lua_ffi_task_strays_count(void);
 ngx_int_t ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     ngx_http_lua_ffi_handle_t *h, const char *req, int req_len,
-    int timeout_ms, const char **err);
+    int timeout_ms, int *anchor, const char **err);
 void ngx_http_lua_ffi_bridge_done_push(ngx_http_lua_ffi_task_t *task);
 void ngx_http_lua_ffi_bridge_process(void);
 ngx_int_t ngx_http_lua_ffi_bridge_wait(ngx_msec_t timeout);
@@ -305,6 +318,20 @@ void ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q);
 ngx_int_t ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
     ngx_http_lua_ffi_task_t *task);
 void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
+
+/* cpus: where the threads of libraries run (ffi_runtime_cpus) */
+char *ngx_http_lua_ffi_cpus_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void ngx_http_lua_ffi_cpus_init_worker(ngx_cycle_t *cycle,
+    ngx_http_lua_ffi_main_conf_t *fmcf);
+ngx_uint_t ngx_http_lua_ffi_cpus_apart(void);
+u_char *ngx_http_lua_ffi_cpus_print(u_char *p, u_char *last, cpu_set_t *set);
+u_char *ngx_http_lua_ffi_cpus_describe(u_char *p, u_char *last);
+void ngx_http_lua_ffi_cpus_enter(void);
+void ngx_http_lua_ffi_cpus_leave(void);
+
+/* lua: Lua's hold on a request read in place */
+void ngx_http_lua_ffi_lua_unanchor(ngx_uint_t index);
 
 /* signal: nginx's handlers run on the event loop thread only */
 ngx_int_t ngx_http_lua_ffi_signal_init(ngx_cycle_t *cycle);

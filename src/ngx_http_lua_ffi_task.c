@@ -178,6 +178,12 @@ ngx_http_lua_ffi_task_free(ngx_http_lua_ffi_task_t *task)
         task->rsp = NULL;
     }
 
+    /* the runtime is done with the Lua string: Lua may let it go */
+    if (task->in_place) {
+        task->in_place = 0;
+        ngx_http_lua_ffi_lua_unanchor(task->index);
+    }
+
     /* no handle of this use reaches the task any more */
     __atomic_store_n(&task->state,
                      ngx_http_lua_ffi_task_state(
