@@ -228,7 +228,8 @@ libffi_init(char *cfg, void *tq)
     if (PyObject_HasAttrString(function, FFI_PYTHON_MARK)) {
         handler = 1;
         rc = ffi_python_start_handler(function, &parsed, tq,
-                                      sub ? sub->interp : NULL);
+                                      sub ? PyThreadState_GetInterpreter(sub)
+                                          : NULL);
 
     } else {
         rc = ffi_python_call_init(function, &parsed, tq);
