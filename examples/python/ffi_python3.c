@@ -576,8 +576,9 @@ static const char  ffi_python_venv_code[] =
 static int
 ffi_python_use_venv(const char *venv)
 {
-    int        rc;
-    PyObject  *globals, *result, *type, *value, *tb, *text;
+    int          rc;
+    PyObject    *globals, *result, *type, *value, *tb, *text;
+    const char  *why;
 
     rc = -1;
     result = NULL;
@@ -603,8 +604,8 @@ ffi_python_use_venv(const char *venv)
         /* what is wrong with the venv: one line says it */
         PyErr_Fetch(&type, &value, &tb);
         text = value ? PyObject_Str(value) : NULL;
-        fprintf(stderr, "ffi_python3: %s\n",
-                text ? PyUnicode_AsUTF8(text) : "bad venv");
+        why = text ? PyUnicode_AsUTF8(text) : NULL;
+        fprintf(stderr, "ffi_python3: %s\n", why ? why : "bad venv");
         PyErr_Clear();
         Py_XDECREF(text);
         Py_XDECREF(type);
@@ -751,7 +752,8 @@ ffi_python_end_interpreter(PyThreadState *ts)
 static void
 ffi_python_refused(const char *module)
 {
-    PyObject  *type, *value, *tb, *text;
+    PyObject    *type, *value, *tb, *text;
+    const char  *why;
 
     if (!PyErr_ExceptionMatches(PyExc_ImportError)
         || PyErr_ExceptionMatches(PyExc_ModuleNotFoundError))
@@ -762,14 +764,16 @@ ffi_python_refused(const char *module)
     PyErr_Fetch(&type, &value, &tb);
 
     text = value ? PyObject_Str(value) : NULL;
-    if (text == NULL) {
+    why = text ? PyUnicode_AsUTF8(text) : NULL;
+    if (why == NULL) {
         PyErr_Clear();
+        why = "?";
     }
 
     fprintf(stderr, "ffi_python3: %s: ImportError in a sub-interpreter "
             "(venv=): %s; some extension modules cannot run in one: "
             "without venv= the runtime runs in the main interpreter\n",
-            module, text ? PyUnicode_AsUTF8(text) : "?");
+            module, why);
 
     Py_XDECREF(text);
     PyErr_Restore(type, value, tb);
