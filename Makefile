@@ -38,7 +38,8 @@ DEPS_BUILD := nginx nginx-dev libnginx-mod-http-lua libnginx-mod-http-ndk \
 	lua-resty-core libluajit2-5.1-dev libpcre3-dev libelf-dev dpkg-dev \
 	gcc make binutils
 DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
-	libipc-run-perl curl wrk libasan8 spin prometheus
+	libipc-run-perl curl wrk libasan8 spin prometheus python3-venv \
+	python3-cryptography
 
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])

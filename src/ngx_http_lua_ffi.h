@@ -78,7 +78,8 @@
  *                     the new image for each live cfg;
  *   - file unchanged: libffi_init(cfg, new_tq) runs again on the same image
  *                     (a runtime restart: how the Python, Java and Node.js
- *                     loaders pick up new code).
+ *                     loaders pick up new code; the Python loader's
+ *                     venv= runtimes get a fresh sub-interpreter each).
  *
  * Only when every new libffi_init succeeded in every worker does the switch
  * happen: new calls go to the new runtimes, and each old runtime gets its

@@ -2,8 +2,9 @@
  * Generic Python 3 loader for lua-resty-ffi (libffi_python3.so): embeds
  * libpython and starts runtimes from Python modules named in the cfg.
  *
- * cfg is "[<dir>/]<module>[?],<function>[,<rest>]", as upstream's loader
- * reads it (<dir>, if given, goes first in sys.path):
+ * cfg is "[venv=<path>,][<dir>/]<module>[?],<function>[,<rest>]"; without
+ * the venv= field it is upstream's, and read as upstream's loader reads it
+ * (<dir>, if given, goes first in sys.path):
  *
  *   - upstream's convention: the loader imports <module> and calls
  *     <function>(cfg, tq), cfg being the address of the NUL-terminated
@@ -17,6 +18,14 @@
  *
  * "?" after the module name imports it afresh from its source on every
  * init, so a runtime restarted after an edit runs the edited code.
+ *
+ * venv=<path> runs the runtime in a sub-interpreter of its own (shared GIL)
+ * with that venv's site-packages and no user site: runtimes can then use
+ * conflicting versions of one package, and each init (a reload) imports
+ * every module of the application anew. The sub-interpreter is ended
+ * (Py_EndInterpreter) once the runtime is drained: by the poll thread after
+ * the NULL task, or, for upstream's convention, by a thread that waits for
+ * the threads the application started in it.
  *
  * The loader is never unloaded: libpython cannot be, so the loader pins
  * itself and libpython on first use. Python runs with the GIL released
@@ -33,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 
 #define FFI_PYTHON_MARK  "__resty_ffi_handler__"
@@ -67,6 +77,7 @@ int ngx_http_lua_ffi_dict_incr(void *tq, const char *dict, const char *key,
 
 
 typedef struct {
+    char        *venv;          /* NULL: the main interpreter */
     char        *dir;           /* NULL when the module has no "<dir>/" */
     char        *module;
     char        *function;
@@ -76,15 +87,31 @@ typedef struct {
 
 
 typedef struct {
-    PyObject       *handler;    /* strong reference, taken under the GIL */
-    PyThreadState  *ts;         /* the poll thread's, while it waits */
-    void           *tq;
+    PyObject            *handler;   /* strong reference, taken with the GIL */
+    PyThreadState       *ts;        /* the poll thread's, while it waits */
+    PyInterpreterState  *interp;    /* a sub-interpreter, or NULL */
+    void                *tq;
 } ffi_python_runtime_t;
+
+
+/* the state of module resty_ffi, one per interpreter */
+typedef struct {
+    PyObject  *dict_error;
+} ffi_python_module_state_t;
 
 
 static int ffi_python_setup(void *tq);
 static int ffi_python_start_interpreter(void);
+static int ffi_python_setup_interpreter(void);
 static int ffi_python_add_loader_dir(void);
+static int ffi_python_install_module(void);
+static PyThreadState *ffi_python_new_interpreter(const char *venv);
+static int ffi_python_use_venv(const char *venv);
+static void ffi_python_leave_interpreter(PyThreadState *sub,
+    PyThreadState *main, int keep);
+static void *ffi_python_reap(void *data);
+static void ffi_python_end_interpreter(PyThreadState *ts);
+static void ffi_python_refused(const char *module);
 static int ffi_python_parse_cfg(char *buf, ffi_python_cfg_t *cfg);
 static int ffi_python_prepend_dir(const char *dir);
 static PyObject *ffi_python_import(const char *name, int fresh);
@@ -93,19 +120,21 @@ static int ffi_python_exec_fresh(PyObject *spec, PyObject *module);
 static int ffi_python_call_init(PyObject *function, ffi_python_cfg_t *cfg,
     void *tq);
 static int ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg,
-    void *tq);
+    void *tq, PyInterpreterState *interp);
 static void *ffi_python_poll(void *data);
 static void ffi_python_serve(ffi_python_runtime_t *rt, void *task);
 static char *ffi_python_result(PyObject *result, int *len);
 static char *ffi_python_exception_text(int *len);
 static void ffi_python_log_exception(const char *fmt, ...);
 static PyObject *ffi_python_module_init(void);
+static struct PyModuleDef  ffi_python_module;
 static int ffi_python_route_output(void);
 static void ffi_python_flush_output(void);
 
 
 static pthread_mutex_t  ffi_python_lock = PTHREAD_MUTEX_INITIALIZER;
 static int              ffi_python_state;   /* 0 untried, 1 ready, -1 not */
+static int              ffi_python_inittab; /* resty_ffi is built in */
 static char             ffi_python_dir[PATH_MAX];
 
 /*
@@ -120,10 +149,11 @@ static __thread void   *ffi_python_tq;
 int
 libffi_init(char *cfg, void *tq)
 {
-    int                rc;
+    int                rc, handler;
     char              *buf;
     void              *saved_tq;
     PyObject          *module, *function;
+    PyThreadState     *main, *sub;
     PyGILState_STATE   gil;
     ffi_python_cfg_t   parsed;
 
@@ -147,8 +177,8 @@ libffi_init(char *cfg, void *tq)
     }
 
     if (ffi_python_parse_cfg(buf, &parsed) != 0) {
-        fprintf(stderr, "ffi_python3: bad cfg \"%s\": "
-                "expected \"[<dir>/]<module>[?],<function>[,<rest>]\"\n",
+        fprintf(stderr, "ffi_python3: bad cfg \"%s\": expected "
+                "\"[venv=<path>,][<dir>/]<module>[?],<function>[,<rest>]\"\n",
                 cfg ? cfg : "(null)");
         free(buf);
         return 1;
@@ -157,10 +187,21 @@ libffi_init(char *cfg, void *tq)
     gil = PyGILState_Ensure();
 
     rc = 1;
+    handler = 0;
     module = NULL;
     function = NULL;
     saved_tq = ffi_python_tq;
     ffi_python_tq = tq;
+
+    main = PyThreadState_Get();
+    sub = NULL;
+
+    if (parsed.venv != NULL) {
+        sub = ffi_python_new_interpreter(parsed.venv);
+        if (sub == NULL) {
+            goto done;
+        }
+    }
 
     if (parsed.dir != NULL && ffi_python_prepend_dir(parsed.dir) != 0) {
         ffi_python_log_exception("cannot add %s to sys.path", parsed.dir);
@@ -169,6 +210,10 @@ libffi_init(char *cfg, void *tq)
 
     module = ffi_python_import(parsed.module, parsed.fresh);
     if (module == NULL) {
+        if (sub != NULL) {
+            ffi_python_refused(parsed.module);
+        }
+
         ffi_python_log_exception("cannot import module %s", parsed.module);
         goto done;
     }
@@ -181,7 +226,10 @@ libffi_init(char *cfg, void *tq)
     }
 
     if (PyObject_HasAttrString(function, FFI_PYTHON_MARK)) {
-        rc = ffi_python_start_handler(function, &parsed, tq);
+        handler = 1;
+        rc = ffi_python_start_handler(function, &parsed, tq,
+                                      sub ? PyThreadState_GetInterpreter(sub)
+                                          : NULL);
 
     } else {
         rc = ffi_python_call_init(function, &parsed, tq);
@@ -195,6 +243,11 @@ done:
     /* a partial line printed during init is this runtime's */
     ffi_python_flush_output();
     ffi_python_tq = saved_tq;
+
+    if (sub != NULL) {
+        /* a started handler's poll thread ends the interpreter itself */
+        ffi_python_leave_interpreter(sub, main, rc == 0 && handler);
+    }
 
     PyGILState_Release(gil);
     free(buf);
@@ -214,10 +267,12 @@ done:
 static int
 ffi_python_setup(void *tq)
 {
-    char        *slash;
-    void        *handle;
-    Dl_info      self, python;
-    const char  *origin;
+    int                rc;
+    char              *slash;
+    void              *handle;
+    Dl_info            self, python;
+    const char        *origin;
+    PyGILState_STATE   gil;
 
     if (dladdr((void *) libffi_init, &self) == 0
         || dladdr((void *) Py_InitializeFromConfig, &python) == 0)
@@ -262,16 +317,15 @@ ffi_python_setup(void *tq)
         *(slash == ffi_python_dir ? slash + 1 : slash) = '\0';
     }
 
-    if (Py_IsInitialized()) {
-        if (ffi_python_add_loader_dir() != 0) {
-            return -1;
-        }
-
-    } else if (ffi_python_start_interpreter() != 0) {
+    if (!Py_IsInitialized() && ffi_python_start_interpreter() != 0) {
         return -1;
     }
 
-    return ffi_python_route_output();
+    gil = PyGILState_Ensure();
+    rc = ffi_python_setup_interpreter();
+    PyGILState_Release(gil);
+
+    return rc;
 }
 
 
@@ -306,6 +360,8 @@ ffi_python_start_interpreter(void)
         fprintf(stderr, "ffi_python3: cannot register module resty_ffi\n");
         return -1;
     }
+
+    ffi_python_inittab = 1;
 
     env = getenv("PYTHONPATH");
     if (env != NULL && env[0] == '\0') {
@@ -349,63 +405,416 @@ ffi_python_start_interpreter(void)
 
 
 /*
- * The interpreter was started by someone else (the host, or another copy
- * of this loader): add our folder to sys.path and our module resty_ffi.
+ * With the GIL, in the interpreter to set up (the main one, or a new
+ * sub-interpreter): our module resty_ffi, our folder in sys.path, and
+ * print() and logging routed to error.log.
  */
+
+static int
+ffi_python_setup_interpreter(void)
+{
+    if (ffi_python_install_module() != 0 || ffi_python_add_loader_dir() != 0)
+    {
+        return -1;
+    }
+
+    return ffi_python_route_output();
+}
+
+
+/* Python was started by someone else: our folder may be missing */
 
 static int
 ffi_python_add_loader_dir(void)
 {
-    int                rc;
-    PyObject          *path, *dir, *modules, *module;
-    PyGILState_STATE   gil;
-
-    gil = PyGILState_Ensure();
+    int        rc;
+    PyObject  *path, *dir;
 
     rc = -1;
-    module = NULL;
     path = PySys_GetObject("path");
-    modules = PyImport_GetModuleDict();
     dir = PyUnicode_DecodeFSDefault(ffi_python_dir);
 
-    if (path == NULL || dir == NULL) {
-        goto done;
+    if (path != NULL && dir != NULL) {
+        rc = PySequence_Contains(path, dir);
+        if (rc == 0) {
+            rc = PyList_Append(path, dir);
+        }
     }
-
-    rc = PySequence_Contains(path, dir);
-    if (rc == 0) {
-        rc = PyList_Append(path, dir);
-    }
-
-    if (rc < 0 || PyDict_GetItemString(modules, "resty_ffi") != NULL) {
-        goto done;
-    }
-
-    module = ffi_python_module_init();
-    rc = module ? PyDict_SetItemString(modules, "resty_ffi", module) : -1;
-
-done:
 
     if (rc < 0) {
         ffi_python_log_exception("cannot add %s to sys.path",
                                  ffi_python_dir);
     }
 
-    Py_XDECREF(module);
     Py_XDECREF(dir);
-    PyGILState_Release(gil);
 
     return rc < 0 ? -1 : 0;
 }
 
 
-/* splits buf in place: "[<dir>/]<module>[?],<function>[,<rest>]" */
+/*
+ * resty_ffi is built into an interpreter we started; into one started by
+ * someone else it is put by hand, from the same definition.
+ */
+
+static int
+ffi_python_install_module(void)
+{
+    int        rc;
+    PyObject  *modules, *machinery, *spec, *module;
+
+    modules = PyImport_GetModuleDict();
+
+    if (ffi_python_inittab || PyDict_GetItemString(modules, "resty_ffi")) {
+        return 0;
+    }
+
+    rc = -1;
+    spec = NULL;
+    module = NULL;
+
+    machinery = PyImport_ImportModule("importlib.machinery");
+    if (machinery != NULL) {
+        spec = PyObject_CallMethod(machinery, "ModuleSpec", "sO",
+                                   "resty_ffi", Py_None);
+    }
+
+    if (spec != NULL) {
+        module = PyModule_FromDefAndSpec(&ffi_python_module, spec);
+    }
+
+    if (module != NULL
+        && PyModule_ExecDef(module, &ffi_python_module) == 0)
+    {
+        rc = PyDict_SetItemString(modules, "resty_ffi", module);
+    }
+
+    if (rc != 0) {
+        ffi_python_log_exception("cannot add module resty_ffi");
+    }
+
+    Py_XDECREF(module);
+    Py_XDECREF(spec);
+    Py_XDECREF(machinery);
+
+    return rc;
+}
+
+
+/*
+ * With the GIL, in the main interpreter: a new sub-interpreter for a runtime
+ * with venv=, set up and current, or NULL (the main one current again).
+ */
+
+static PyThreadState *
+ffi_python_new_interpreter(const char *venv)
+{
+    PyThreadState  *main, *sub;
+
+    main = PyThreadState_Get();
+
+    sub = Py_NewInterpreter();
+    if (sub == NULL) {
+        fprintf(stderr, "ffi_python3: cannot start a sub-interpreter "
+                "for venv \"%s\"\n", venv);
+        (void) PyThreadState_Swap(main);
+        return NULL;
+    }
+
+    if (ffi_python_setup_interpreter() != 0
+        || ffi_python_use_venv(venv) != 0)
+    {
+        ffi_python_leave_interpreter(sub, main, 0);
+        return NULL;
+    }
+
+    return sub;
+}
+
+
+/*
+ * sys.path of a sub-interpreter as the venv's python would have it: the
+ * venv's site-packages (with its .pth files) where the site folders begin,
+ * the system's kept only if the venv includes them, no user site.
+ */
+
+static const char  ffi_python_venv_code[] =
+    "import os, site, sys\n"
+    "\n"
+    "def use_venv(path):\n"
+    "    path = os.path.abspath(path)\n"
+    "    cfg = os.path.join(path, 'pyvenv.cfg')\n"
+    "    if not os.path.isfile(cfg):\n"
+    "        raise ValueError(f'venv \"{path}\" is not a virtual '\n"
+    "                         'environment: no pyvenv.cfg')\n"
+    "    system = False\n"
+    "    with open(cfg, encoding='utf-8') as f:\n"
+    "        for line in f:\n"
+    "            key, eq, value = line.partition('=')\n"
+    "            if eq and key.strip() == 'include-system-site-packages':\n"
+    "                system = value.strip().lower() == 'true'\n"
+    "    ver = 'python%d.%d' % sys.version_info[:2]\n"
+    "    packages = os.path.join(path, 'lib', ver, 'site-packages')\n"
+    "    if not os.path.isdir(packages):\n"
+    "        raise ValueError(f'venv \"{path}\" has no lib/{ver}/'\n"
+    "                         'site-packages: not a venv of this Python')\n"
+    "    norm = os.path.normpath\n"
+    "    system_dirs = {norm(p) for p in site.getsitepackages()}\n"
+    "    drop = {norm(site.getusersitepackages())}\n"
+    "    if not system:\n"
+    "        drop |= system_dirs\n"
+    "    kept = [p for p in sys.path if norm(p) not in drop]\n"
+    "    at = next((i for i, p in enumerate(kept)\n"
+    "               if norm(p) in system_dirs), len(kept))\n"
+    "    sys.path[:] = kept[:at]\n"
+    "    site.ENABLE_USER_SITE = False\n"
+    "    site.addsitedir(packages)\n"
+    "    sys.path.extend(kept[at:])\n"
+    "    sys.prefix = sys.exec_prefix = path\n";
+
+
+static int
+ffi_python_use_venv(const char *venv)
+{
+    int          rc;
+    PyObject    *globals, *result, *type, *value, *tb, *text;
+    const char  *why;
+
+    rc = -1;
+    result = NULL;
+
+    globals = PyDict_New();
+    if (globals != NULL
+        && PyDict_SetItemString(globals, "__builtins__",
+                                PyEval_GetBuiltins()) == 0)
+    {
+        result = PyRun_String(ffi_python_venv_code, Py_file_input, globals,
+                              globals);
+    }
+
+    if (result != NULL) {
+        Py_DECREF(result);
+        result = PyObject_CallFunction(PyDict_GetItemString(globals,
+                                                            "use_venv"),
+                                       "s", venv);
+        rc = (result == NULL) ? -1 : 0;
+    }
+
+    if (rc != 0 && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        /* what is wrong with the venv: one line says it */
+        PyErr_Fetch(&type, &value, &tb);
+        text = value ? PyObject_Str(value) : NULL;
+        why = text ? PyUnicode_AsUTF8(text) : NULL;
+        fprintf(stderr, "ffi_python3: %s\n", why ? why : "bad venv");
+        PyErr_Clear();
+        Py_XDECREF(text);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+
+    } else if (rc != 0) {
+        ffi_python_log_exception("cannot use venv \"%s\"", venv);
+    }
+
+    Py_XDECREF(result);
+    Py_XDECREF(globals);
+
+    return rc;
+}
+
+
+/*
+ * With the GIL, sub current: back to the main interpreter's main. The poll
+ * thread of a handler ends the sub-interpreter (keep); otherwise it ends
+ * now if no other thread is in it, or once the application's threads in it
+ * have ended, in a thread of its own.
+ *
+ * The thread state of the thread that ends it is made before sub is gone:
+ * Python 3.11 reuses the interpreter's first thread state for a new one
+ * made when it has none left, and aborts ("thread state already
+ * initialized").
+ */
+
+static void
+ffi_python_leave_interpreter(PyThreadState *sub, PyThreadState *main,
+    int keep)
+{
+    int                  rc;
+    pthread_t            thread;
+    PyThreadState       *reaper;
+    PyInterpreterState  *interp;
+
+    interp = PyThreadState_GetInterpreter(sub);
+
+    if (!keep) {
+        if (PyInterpreterState_ThreadHead(interp) == sub
+            && PyThreadState_Next(sub) == NULL)
+        {
+            Py_EndInterpreter(sub);
+            (void) PyThreadState_Swap(main);
+            return;
+        }
+
+        reaper = PyThreadState_New(interp);
+
+        rc = pthread_create(&thread, NULL, ffi_python_reap, reaper);
+        if (rc != 0) {
+            fprintf(stderr, "ffi_python3: pthread_create() failed: %s; "
+                    "a sub-interpreter stays\n", strerror(rc));
+            PyThreadState_Clear(reaper);
+            PyThreadState_Delete(reaper);
+
+        } else {
+            (void) pthread_detach(thread);
+        }
+    }
+
+    PyThreadState_Clear(sub);
+    (void) PyThreadState_Swap(main);
+    PyThreadState_Delete(sub);
+}
+
+
+/* the thread that ends a sub-interpreter of upstream's convention */
+
+static void *
+ffi_python_reap(void *data)
+{
+    PyThreadState  *ts;
+
+    ts = data;
+    PyEval_RestoreThread(ts);
+
+    ffi_python_end_interpreter(ts);
+
+    return NULL;
+}
+
+
+/*
+ * With the GIL, ts current and its runtime drained: waits for the other
+ * threads in the sub-interpreter (threads the application started end
+ * after the NULL task), ends it, and releases the GIL. A thread that
+ * Python's threading module does not know is looked for once a second.
+ */
+
+static void
+ffi_python_end_interpreter(PyThreadState *ts)
+{
+    long                 joined;
+    PyObject            *module, *result;
+    PyThreadState       *other, *tmp;
+    PyInterpreterState  *interp;
+
+    interp = PyThreadState_GetInterpreter(ts);
+
+    for ( ;; ) {
+        other = PyInterpreterState_ThreadHead(interp);
+        if (other == ts) {
+            other = PyThreadState_Next(other);
+        }
+
+        if (other == NULL) {
+            break;
+        }
+
+        module = PyImport_ImportModule("resty_ffi");
+        result = module ? PyObject_CallMethod(module, "_join_threads", NULL)
+                        : NULL;
+        joined = result ? PyLong_AsLong(result) : 0;
+        PyErr_Clear();
+        Py_XDECREF(result);
+        Py_XDECREF(module);
+
+        if (joined <= 0) {
+            (void) PyEval_SaveThread();
+            sleep(1);
+            PyEval_RestoreThread(ts);
+        }
+    }
+
+    Py_EndInterpreter(ts);
+
+    /* the GIL is still ours: released through a passing thread state */
+    tmp = PyThreadState_New(PyInterpreterState_Main());
+    (void) PyThreadState_Swap(tmp);
+    PyThreadState_Clear(tmp);
+    PyThreadState_DeleteCurrent();
+}
+
+
+/*
+ * An ImportError (not ModuleNotFoundError) in a sub-interpreter is what an
+ * extension module that cannot run in one raises (PyO3's, NumPy's): the
+ * line names the way out. The exception stays pending.
+ */
+
+static void
+ffi_python_refused(const char *module)
+{
+    PyObject    *type, *value, *tb, *text;
+    const char  *why;
+
+    if (!PyErr_ExceptionMatches(PyExc_ImportError)
+        || PyErr_ExceptionMatches(PyExc_ModuleNotFoundError))
+    {
+        return;
+    }
+
+    PyErr_Fetch(&type, &value, &tb);
+
+    text = value ? PyObject_Str(value) : NULL;
+    why = text ? PyUnicode_AsUTF8(text) : NULL;
+    if (why == NULL) {
+        PyErr_Clear();
+        why = "?";
+    }
+
+    fprintf(stderr, "ffi_python3: %s: ImportError in a sub-interpreter "
+            "(venv=): %s; some extension modules cannot run in one: "
+            "without venv= the runtime runs in the main interpreter\n",
+            module, why);
+
+    Py_XDECREF(text);
+    PyErr_Restore(type, value, tb);
+}
+
+
+/*
+ * Splits buf in place: "[venv=<path>,][<dir>/]<module>[?],<function>[,...]".
+ * A module field never has "=" before a "/": a field that does is an
+ * option, and venv= is the only one.
+ */
 
 static int
 ffi_python_parse_cfg(char *buf, ffi_python_cfg_t *cfg)
 {
-    char    *p;
+    char    *p, *eq, *slash;
     size_t   len;
+
+    cfg->venv = NULL;
+
+    for ( ;; ) {
+        p = strchr(buf, ',');
+        eq = strchr(buf, '=');
+        slash = strchr(buf, '/');
+
+        if (eq == NULL || (p != NULL && eq > p)
+            || (slash != NULL && slash < eq))
+        {
+            break;
+        }
+
+        if (p == NULL || eq - buf != 4 || strncmp(buf, "venv", 4) != 0
+            || cfg->venv != NULL || eq + 1 == p)
+        {
+            return -1;
+        }
+
+        *p++ = '\0';
+        cfg->venv = eq + 1;
+        buf = p;
+    }
 
     cfg->module = buf;
 
@@ -709,7 +1118,8 @@ ffi_python_call_init(PyObject *function, ffi_python_cfg_t *cfg, void *tq)
  */
 
 static int
-ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg, void *tq)
+ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg, void *tq,
+    PyInterpreterState *interp)
 {
     int                    rc;
     PyObject              *handler;
@@ -744,12 +1154,22 @@ ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg, void *tq)
     }
 
     rt->handler = handler;
+    rt->interp = interp;
     rt->tq = tq;
+
+    /* made while the caller's exists: see ffi_python_leave_interpreter() */
+    rt->ts = interp ? PyThreadState_New(interp) : NULL;
 
     rc = pthread_create(&thread, NULL, ffi_python_poll, rt);
     if (rc != 0) {
         fprintf(stderr, "ffi_python3: pthread_create() failed: %s\n",
                 strerror(rc));
+
+        if (rt->ts != NULL) {
+            PyThreadState_Clear(rt->ts);
+            PyThreadState_Delete(rt->ts);
+        }
+
         Py_DECREF(handler);
         free(rt);
         return 1;
@@ -764,7 +1184,9 @@ ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg, void *tq)
 /*
  * The poll thread of a handler runtime. It keeps one thread state for its
  * life and holds the GIL only while Python code runs: never while it waits
- * for a task, and never while it hands a response to nginx.
+ * for a task, and never while it hands a response to nginx. In a
+ * sub-interpreter its thread state is that interpreter's (PyGILState knows
+ * the main interpreter only), and it ends the interpreter after close().
  */
 
 static void *
@@ -776,11 +1198,14 @@ ffi_python_poll(void *data)
     ffi_python_runtime_t  *rt;
 
     rt = data;
+    gil = PyGILState_UNLOCKED;
 
     ffi_python_tq = rt->tq;
 
-    gil = PyGILState_Ensure();
-    rt->ts = PyEval_SaveThread();
+    if (rt->interp == NULL) {
+        gil = PyGILState_Ensure();
+        rt->ts = PyEval_SaveThread();
+    }
 
     for ( ;; ) {
         task = ngx_http_lua_ffi_task_poll(rt->tq);
@@ -812,7 +1237,13 @@ ffi_python_poll(void *data)
     }
 
     Py_DECREF(rt->handler);
-    PyGILState_Release(gil);
+
+    if (rt->interp != NULL) {
+        ffi_python_end_interpreter(rt->ts);
+
+    } else {
+        PyGILState_Release(gil);
+    }
 
     free(rt);
 
@@ -1118,11 +1549,21 @@ ffi_python_bound(PyObject *self, PyObject *unused)
 }
 
 
-static PyObject  *ffi_python_dict_error;
+/* resty_ffi.DictError of the interpreter the module is in */
+
+static PyObject *
+ffi_python_dict_error(PyObject *module)
+{
+    ffi_python_module_state_t  *state;
+
+    state = PyModule_GetState(module);
+
+    return state ? state->dict_error : PyExc_RuntimeError;
+}
 
 
 static PyObject *
-ffi_python_dict_fail(int rc, const char *dict)
+ffi_python_dict_fail(PyObject *self, int rc, const char *dict)
 {
     const char  *why;
 
@@ -1144,17 +1585,18 @@ ffi_python_dict_fail(int rc, const char *dict)
         break;
     }
 
-    PyErr_Format(ffi_python_dict_error, "%s \"%s\" (%d)", why, dict, rc);
+    PyErr_Format(ffi_python_dict_error(self), "%s \"%s\" (%d)", why, dict,
+                 rc);
 
     return NULL;
 }
 
 
 static int
-ffi_python_dict_ready(void)
+ffi_python_dict_ready(PyObject *self)
 {
     if (ngx_http_lua_ffi_dict_get == NULL) {
-        PyErr_SetString(ffi_python_dict_error,
+        PyErr_SetString(ffi_python_dict_error(self),
                         "this nginx has no shared dicts for runtimes");
         return 0;
     }
@@ -1176,7 +1618,7 @@ ffi_python_dict_get(PyObject *self, PyObject *args)
     Py_ssize_t   key_len;
 
     if (!PyArg_ParseTuple(args, "ss#", &dict, &key, &key_len)
-        || !ffi_python_dict_ready())
+        || !ffi_python_dict_ready(self))
     {
         return NULL;
     }
@@ -1192,7 +1634,7 @@ ffi_python_dict_get(PyObject *self, PyObject *args)
     }
 
     if (rc != 0) {
-        return ffi_python_dict_fail(rc, dict);
+        return ffi_python_dict_fail(self, rc, dict);
     }
 
     result = PyBytes_FromStringAndSize(val, len);
@@ -1219,7 +1661,7 @@ ffi_python_dict_set(PyObject *self, PyObject *args)
 
     if (!PyArg_ParseTuple(args, "ss#z#|d", &dict, &key, &key_len, &val,
                           &val_len, &exptime)
-        || !ffi_python_dict_ready())
+        || !ffi_python_dict_ready(self))
     {
         return NULL;
     }
@@ -1232,7 +1674,7 @@ ffi_python_dict_set(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
 
     if (rc != 0) {
-        return ffi_python_dict_fail(rc, dict);
+        return ffi_python_dict_fail(self, rc, dict);
     }
 
     Py_RETURN_NONE;
@@ -1254,7 +1696,7 @@ ffi_python_dict_incr(PyObject *self, PyObject *args)
     init = 0;
 
     if (!PyArg_ParseTuple(args, "ss#|dd", &dict, &key, &key_len, &by, &init)
-        || !ffi_python_dict_ready())
+        || !ffi_python_dict_ready(self))
     {
         return NULL;
     }
@@ -1267,7 +1709,7 @@ ffi_python_dict_incr(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
 
     if (rc != 0) {
-        return ffi_python_dict_fail(rc, dict);
+        return ffi_python_dict_fail(self, rc, dict);
     }
 
     return PyFloat_FromDouble(result);
@@ -1305,40 +1747,83 @@ static PyMethodDef  ffi_python_methods[] = {
 };
 
 
+/*
+ * Multi-phase initialization: each interpreter (the main one, and each
+ * runtime's sub-interpreter) gets a module of its own, with its own
+ * DictError, freed with the interpreter.
+ */
+
+static int
+ffi_python_module_exec(PyObject *module)
+{
+    ffi_python_module_state_t  *state;
+
+    state = PyModule_GetState(module);
+
+    state->dict_error = PyErr_NewException("resty_ffi.DictError",
+                                           PyExc_RuntimeError, NULL);
+    if (state->dict_error == NULL) {
+        return -1;
+    }
+
+    return PyModule_AddObjectRef(module, "DictError", state->dict_error);
+}
+
+
+static int
+ffi_python_module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ffi_python_module_state_t  *state;
+
+    state = PyModule_GetState(module);
+    Py_VISIT(state->dict_error);
+
+    return 0;
+}
+
+
+static int
+ffi_python_module_clear(PyObject *module)
+{
+    ffi_python_module_state_t  *state;
+
+    state = PyModule_GetState(module);
+    Py_CLEAR(state->dict_error);
+
+    return 0;
+}
+
+
+static void
+ffi_python_module_free(void *module)
+{
+    (void) ffi_python_module_clear(module);
+}
+
+
+static PyModuleDef_Slot  ffi_python_module_slots[] = {
+    { Py_mod_exec, ffi_python_module_exec },
+    { 0, NULL }
+};
+
+
 static struct PyModuleDef  ffi_python_module = {
     PyModuleDef_HEAD_INIT,
     "resty_ffi",
     "Request handlers for lua-resty-ffi's Python loader.",
-    -1,
+    sizeof(ffi_python_module_state_t),
     ffi_python_methods,
-    NULL, NULL, NULL, NULL
+    ffi_python_module_slots,
+    ffi_python_module_traverse,
+    ffi_python_module_clear,
+    ffi_python_module_free
 };
 
 
 static PyObject *
 ffi_python_module_init(void)
 {
-    PyObject  *module;
-
-    module = PyModule_Create(&ffi_python_module);
-    if (module == NULL) {
-        return NULL;
-    }
-
-    if (ffi_python_dict_error == NULL) {
-        ffi_python_dict_error = PyErr_NewException("resty_ffi.DictError",
-                                                   PyExc_RuntimeError, NULL);
-    }
-
-    if (ffi_python_dict_error == NULL
-        || PyModule_AddObjectRef(module, "DictError", ffi_python_dict_error)
-           != 0)
-    {
-        Py_DECREF(module);
-        return NULL;
-    }
-
-    return module;
+    return PyModuleDef_Init(&ffi_python_module);
 }
 
 
@@ -1411,17 +1896,30 @@ static const char  ffi_python_output_code[] =
     "    if root.handlers == [_root]:\n"
     "        root.removeHandler(_root)\n"
     "    _basic(**kwargs)\n"
-    "logging.basicConfig = basicConfig\n";
+    "logging.basicConfig = basicConfig\n"
+    "\n"
+    "def _join_threads():\n"
+    "    # the threads the application started here, so that a\n"
+    "    # sub-interpreter can end: joined; how many were running\n"
+    "    threading = sys.modules.get('threading')\n"
+    "    if threading is None:\n"
+    "        return 0\n"
+    "    me = threading.get_ident()\n"
+    "    alive = [t for t in threading.enumerate()\n"
+    "             if t.ident != me and t.is_alive()\n"
+    "             and not isinstance(t, threading._DummyThread)]\n"
+    "    for t in alive:\n"
+    "        t.join()\n"
+    "    return len(alive)\n"
+    "\n"
+    "resty_ffi._join_threads = _join_threads\n";
 
 
 static int
 ffi_python_route_output(void)
 {
-    int                rc;
-    PyObject          *globals, *result;
-    PyGILState_STATE   gil;
-
-    gil = PyGILState_Ensure();
+    int        rc;
+    PyObject  *globals, *result;
 
     rc = -1;
     result = NULL;
@@ -1442,8 +1940,6 @@ ffi_python_route_output(void)
 
     Py_XDECREF(result);
     Py_XDECREF(globals);
-
-    PyGILState_Release(gil);
 
     return rc;
 }
