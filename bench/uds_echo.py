@@ -32,7 +32,9 @@ async def serve(reader, writer):
 async def main(path):
     if os.path.exists(path):
         os.unlink(path)
-    server = await asyncio.start_unix_server(serve, path, limit=1 << 20)
+    # a backlog like bench/uds_echo.c's: nginx opens up to 256 at once
+    server = await asyncio.start_unix_server(serve, path, limit=1 << 20,
+                                             backlog=1024)
 
     # the socket file goes with the server
     stop = asyncio.get_running_loop().create_future()
