@@ -166,7 +166,8 @@ def chart_name(name):
     name = name.replace("sequential ", "seq ").replace(" of pure Lua", "")
     name = name.replace("no affinity", "none").replace("affinity auto",
                                                         "auto")
-    return name.replace(" as fast as", "").replace(", ", " ")
+    name = name.replace("ffi ", "").replace(" >= ", " ≥ ")
+    return name.replace(" (median), under load", "").replace(", ", " ")
 
 
 def chart_profile(b):

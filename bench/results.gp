@@ -48,14 +48,19 @@ do for [c in "32 256"] {
 }
 
 # 5. the targets of issue 16: measured / required, 1 = just met
-set title "Targets: measured / required (log scale)\n(at or above the line: met)"
+set title "Targets: measured / required (log scale)\n(green: met, red: missed; the line: just met)"
 set ylabel "measured / required"
 set logscale y
 set yrange [0.05:*]
 set key off
-plot datadir."/targets.dat" using 2:xtic(1) lc rgb ffi, \
-     "" using ($0):($3 ? 1/0 : $2):(0.4) with boxes lc rgb bad, \
-     1 with lines dt 2 lw 2 lc rgb bad
+set style data boxes
+set boxwidth 0.7
+set offsets 0.5, 0.5, 0, 0
+plot datadir."/targets.dat" \
+        using 0:2:($3 > 0 ? 0x2ca02c : 0xd62728):xtic(1) lc rgb variable, \
+     1 with lines dt 2 lw 2 lc rgb "#444444"
+set style data histograms
+set offsets 0, 0, 0, 0
 unset logscale y
 set yrange [0:*]
 set key top left reverse Left
