@@ -38,6 +38,8 @@ def knob(name, full, quick, tiny):
 # every figure can be turned down for a quick look (BENCH_QUICK=1)
 SEQ_N = knob("SEQ_N", 20000, 2000, 10)
 SEQ_ROUNDS = knob("SEQ_ROUNDS", 5, 3, 1)
+# a round of a slow way (a Python server at 100 KB) stops short of SEQ_N
+SEQ_ROUND_SECS = knob("SEQ_ROUND_MS", 300, 100, 10) / 1e3
 SEQ_SIZES = [512, 102400]
 WRK_SECS = knob("WRK_SECS", 5, 2, 1)
 WRK_CONNS = [32, 256]

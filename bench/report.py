@@ -11,13 +11,13 @@ import ffiprofile
 from ffiprofile import LABELS, SYSCALLS
 from harness import (BENCH, LABEL, MEM_CALLS, MEM_RELOADS, MODE_TITLE,
                      MODES, OUT, PREFIX, RELOAD_EVERY_MS, REPO, SEQ_N,
-                     SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, TINY, WAYS, WRK_CONNS,
-                     WRK_SECS, WRK_SIZE, log)
+                     SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, TINY,
+                     WAYS, WRK_CONNS, WRK_SECS, WRK_SIZE, log)
 from measure import spread
 
 # the targets of issue 16, item 3 (ratios within one run)
 SEQ_TARGETS = [(512, 10), (102400, 8)]
-WRK_TARGETS = [  # (ffi way, against way, at least, as a share of Lua?)
+WRK_TARGETS = [  # (ffi way, against way, at least)
     ("ffi-c", "lua", 0.90),
     ("ffi-go", "lua", 0.85),
     ("ffi-go", "uds-go", 2.0),
@@ -269,13 +269,15 @@ METRICS_NOTE = ("metrics zone on vs off (issue 15): not measured: the "
 def report_seq(w, b):
     w("## 1. Sequential round trips")
     w("")
-    w("%s echo calls per way and size from one coroutine (`GET /seq`), in "
-      "%d rounds that take every way in turn (each round after 100 warm-up "
-      "calls); the median round counts, the range shows the noise. A unix "
+    w("Up to %s echo calls per way and size from one coroutine (`GET "
+      "/seq`), in %d rounds that take every way in turn (each round after "
+      "100 warm-up calls; a first short round sets each way's calls so "
+      "that a round takes at most %.1f s); the median round counts, the "
+      "range shows the noise. A unix "
       "socket keeps one connection and frames each message with a 4-byte "
       "big-endian length. Speed-up: over the unix-socket server of the "
       "same language (C's for Rust, Java and Node.js)."
-      % (num(SEQ_N), SEQ_ROUNDS))
+      % (num(SEQ_N), SEQ_ROUNDS, SEQ_ROUND_SECS))
     w("")
     sizes = " | ".join("%s µs/call | %s speed-up | %s rounds"
                        % ((human(s),) * 3) for s in SEQ_SIZES)

@@ -29,6 +29,8 @@ local $ENV{BENCH_MODULE} = $ENV{FFI_MODULE}
 delete local $ENV{NGINX};
 local $ENV{BENCH_TINY} = 1;
 local $ENV{BENCH_OUT} = $out;
+# its own servers' folder: a make bench may run at the same time
+local $ENV{BENCH_PREFIX} = "$out/run";
 
 sub slurp {
     my ($path) = @_;
@@ -78,7 +80,8 @@ for my $mode (@modes) {
     }
 }
 
-ok($run->{reload} && $run->{reload}{lost} == 0, 'reloads under load, none lost');
+ok($run->{reload} && $run->{reload}{lost} == 0,
+   'reloads under load, none lost');
 ok($run->{memory} && $run->{memory}{after_reloads2} > 0, 'memory measured');
 
 my $md = slurp("$out/results.md") // '';
