@@ -41,7 +41,8 @@ SEQ_ROUNDS = knob("SEQ_ROUNDS", 5, 3, 1)
 # a round of a slow way (a Python server at 100 KB) stops short of SEQ_N
 SEQ_ROUND_SECS = knob("SEQ_ROUND_MS", 300, 100, 10) / 1e3
 SEQ_SIZES = [512, 102400]
-WRK_SECS = knob("WRK_SECS", 5, 2, 1)
+WRK_SECS = knob("WRK_SECS", 2, 1, 1)
+WRK_ROUNDS = knob("WRK_ROUNDS", 3, 1, 1)
 WRK_CONNS = [32, 256]
 WRK_SIZE = 512
 RELOADS = knob("RELOADS", 50, 10, 3)

@@ -11,7 +11,7 @@ import time
 from harness import (LABEL, LIB, MEM_CALLS, MEM_RELOADS, RELOAD_EVERY_MS,
                      RELOADS, SEQ_N, SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES,
                      SEQ_WAYS,
-                     SETTLE_TIMEOUT, WAYS, WRK_CONNS, WRK_SECS,
+                     SETTLE_TIMEOUT, WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS,
                      WRK_SIZE, log, percentile, wait_for)
 
 
@@ -66,22 +66,37 @@ def spread(values):
 # ---- (2) throughput ----
 
 def run_throughput(b):
-    log("== throughput (%s): wrk, %d s per run, %d B answers"
-        % (b.config(), WRK_SECS, WRK_SIZE))
+    log("== throughput (%s): wrk, %d rounds of %d s per way, each round "
+        "takes every way in turn, %d B answers"
+        % (b.config(), WRK_ROUNDS, WRK_SECS, WRK_SIZE))
     rows = []
     for conns in WRK_CONNS:
-        done = []
+        runs = {w: [] for w, _, _ in WAYS}
+        for i in range(WRK_ROUNDS):
+            # every other round in reverse, as the sequential rounds: a
+            # burst of other work on the machine hits every way alike
+            order = WAYS if i % 2 == 0 else WAYS[::-1]
+            for way, _, _ in order:
+                p = b.wrk("/%s?size=%d" % (way, WRK_SIZE), conns, WRK_SECS)
+                r = b.wrk_result(p)
+                del r["raw"]
+                runs[way].append(r)
         for way, _, _ in WAYS:
-            p = b.wrk("/%s?size=%d" % (way, WRK_SIZE), conns, WRK_SECS)
-            done.append((way, b.wrk_result(p)))
-        for way, r in done:
-            r.update(way=way, conns=conns, config=b.config())
-            del r["raw"]
+            # the median round by rate stands for the way; all count for
+            # requests and failures
+            done = sorted(runs[way], key=lambda x: x["rps"])
+            r = dict(done[(len(done) - 1) // 2])
+            r.update(way=way, conns=conns, config=b.config(),
+                     rounds=[x["rps"] for x in runs[way]],
+                     requests=sum(x["requests"] for x in done),
+                     errors=sum(x["errors"] for x in done),
+                     non2xx=sum(x["non2xx"] for x in done))
             rows.append(r)
             log("  %-12s c=%-3d %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  "
-                "errors %d  non-2xx %d"
+                "errors %d  non-2xx %d  (rounds %s)"
                 % (LABEL[way], conns, r["rps"], r["p50"] or -1,
-                   r["p99"] or -1, r["errors"], r["non2xx"]))
+                   r["p99"] or -1, r["errors"], r["non2xx"],
+                   "-".join("%.0f" % x for x in sorted(r["rounds"]))))
     for r in rows:
         lua = [x for x in rows
                if x["conns"] == r["conns"] and x["way"] == "lua"][0]

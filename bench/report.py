@@ -12,7 +12,8 @@ from ffiprofile import LABELS, SYSCALLS
 from harness import (BENCH, LABEL, MEM_CALLS, MEM_RELOADS, MODE_TITLE,
                      MODES, OUT, PREFIX, RELOAD_EVERY_MS, REPO, SEQ_N,
                      SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, TINY,
-                     WAYS, WRK_CONNS, WRK_SECS, WRK_SIZE, log)
+                     WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS, WRK_SIZE,
+                     log)
 from measure import spread
 
 # the targets of issue 16, item 3 (ratios within one run)
@@ -306,18 +307,21 @@ def report_wrk(w, b):
     w("## 2. Throughput")
     w("")
     w("`wrk -t2 -cN -d%ds --latency` against each way (`GET /WAY`), "
-      "%d-byte answers; wrk runs on the same 2 CPUs.%s"
-      % (WRK_SECS, WRK_SIZE,
+      "%d-byte answers, in %d rounds that take every way in turn; the "
+      "round with the median rate stands for the way (its p99 too), the "
+      "range shows the noise; failed counts every round. wrk runs on the "
+      "same 2 CPUs.%s"
+      % (WRK_SECS, WRK_SIZE, WRK_ROUNDS,
          " Tiny mode (a smoke run): figures meaningless." if TINY
          else ""))
     w("")
     head = " | ".join("c%d req/s | c%d p99 ms | c%d vs pure Lua"
                       % (c, c, c) for c in WRK_CONNS)
-    w("| CPUs | way | " + head + " | failed |")
-    w("|---|---|" + "---:|---:|---:|" * len(WRK_CONNS) + "---:|")
+    w("| CPUs | way | " + head + " | rounds, req/s | failed |")
+    w("|---|---|" + "---:|---:|---:|" * len(WRK_CONNS) + "---:|---:|")
     for config, title in modes(b):
         for way, label, _ in WAYS:
-            cells, failed = [], 0
+            cells, failed, spreads = [], 0, []
             for conns in WRK_CONNS:
                 r = wrk_row(b, config, conns, way)
                 if r is None:
@@ -326,8 +330,12 @@ def report_wrk(w, b):
                 failed += r["errors"] + r["non2xx"]
                 cells += [num(r["rps"]), "%.2f" % (r["p99"] or 0),
                           "%.0f%%" % (r["vs_lua"] * 100)]
-            w("| %s | %s | %s | %d |"
-              % (title, label, " | ".join(cells), failed))
+                rounds = r.get("rounds", [r["rps"]])
+                spreads.append("c%d %s-%s" % (conns, num(min(rounds)),
+                                              num(max(rounds))))
+            w("| %s | %s | %s | %s | %d |"
+              % (title, label, " | ".join(cells), ", ".join(spreads),
+                 failed))
     w("")
 
 
