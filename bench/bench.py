@@ -21,6 +21,7 @@ if sys.argv[1:] == ["--report"]:
     os.environ.update(SAVED_RUN["env"])
 
 import ffiprofile                                           # noqa: E402
+import harness                                              # noqa: E402
 import measure                                              # noqa: E402
 import report                                               # noqa: E402
 from harness import HTTP_CONF, MODE_TITLE, Bench, log       # noqa: E402
@@ -83,8 +84,9 @@ def main():
     os.makedirs(os.path.dirname(SAVED), exist_ok=True)
     with open(SAVED, "w") as f:
         json.dump({"results": b.results, "commands": b.commands,
-                   "env": {k: v for k, v in os.environ.items()
-                           if k.startswith("BENCH_")}}, f)
+                   "env": dict(harness.knobs(),
+                               **{k: v for k, v in os.environ.items()
+                                  if k.startswith("BENCH_")})}, f)
     write_report(b)
 
 

@@ -30,9 +30,20 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"
 TINY = os.environ.get("BENCH_TINY") == "1"
 
 
+KNOBS = {}
+
+
 def knob(name, full, quick, tiny):
-    return int(os.environ.get("BENCH_" + name,
-                              tiny if TINY else quick if QUICK else full))
+    v = int(os.environ.get("BENCH_" + name,
+                           tiny if TINY else quick if QUICK else full))
+    KNOBS["BENCH_" + name] = str(v)
+    return v
+
+
+def knobs():
+    """The settings of this run, as BENCH_* variables: --report writes
+    the tables of a run with the settings it had."""
+    return dict(KNOBS)
 
 
 # every figure can be turned down for a quick look (BENCH_QUICK=1)
