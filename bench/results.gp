@@ -72,7 +72,7 @@ set title sprintf("Reload under load (wrk -c32), ms, log scale\n(median POST -> 
 set ylabel "ms"
 set xlabel "reload #"
 set logscale y
-set yrange [0.1:100]
+set yrange [0.1:*]
 set offsets 0, 0, 0, 0
 set style data points
 set key top right noreverse Right
