@@ -51,7 +51,7 @@ do for [c in "32 256"] {
 set title "Targets: measured / required (log scale)\n(green: met, red: missed; the line: just met)"
 set ylabel "measured / required"
 set logscale y
-set yrange [0.05:*]
+set yrange [0.01:*]
 set key off
 set style data boxes
 set boxwidth 0.7
