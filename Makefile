@@ -280,9 +280,11 @@ test-memcheck: all
 
 # ---- benchmarks (bench/results.md, bench/results.png) ----
 
-DEPS_BENCH := wrk gnuplot-nox linux-perf python3
+DEPS_BENCH := wrk gnuplot-nox linux-perf python3 golang-go
 
-bench: all
+# every language's runtime through ffi (examples) against unix-socket
+# servers (bench/uds_echo.*) and pure Lua
+bench: all examples
 	@sh mk/deps.sh $(DEPS_BENCH)
 	bash bench/run.sh
 

@@ -1,5 +1,6 @@
 -- The benchmark's Lua handlers (bench/nginx.conf.in): the same echo through
--- ffi, through a cosocket to bench/uds_echo, and in pure Lua (the ceiling).
+-- ffi to each language's runtime, through a cosocket to each unix-socket
+-- server (bench/uds_echo.c, .go, .py), and in pure Lua (the ceiling).
 
 local ffi = require "ffi"
 local bit = require "bit"
@@ -27,7 +28,24 @@ local UDS_POOL = 512
 
 local _M = {}
 
-local uds_path
+-- the echo runtimes of examples/ (CONTRACT.md, section 7): key -> how
+-- Lua loads it. No trial process for the examples: on a busy machine a
+-- JVM can take longer to start than the trial waits, and the trial costs
+-- nothing per call; the demo keeps it (its reloads are measured)
+local RUNTIMES = {
+    c = {"demo", nil, {unpin = true}},
+    go = {"ffi_go_echo", nil, {trial = false}},
+    rust = {"ffi_rust_echo", nil, {trial = false}},
+    python = {"ffi_python3", "ffi.echo?,init",
+              {is_global = true, trial = false}},
+    java = {"ffi_java", "demo.echo.App?,init,", {trial = false}},
+    nodejs = {"ffi_nodejs", "demo/echo?,init",
+              {is_global = true, trial = false}},
+}
+
+local RUNTIME_KEYS = {"c", "go", "rust", "python", "java", "nodejs"}
+
+local uds_paths = {}
 local payloads = {}
 local ts = ffi_new("bench_timespec_t")
 
@@ -65,17 +83,27 @@ local function frame_len(hdr)
 end
 
 
-local function rt()
-    return ngx.load_ffi("demo", nil, {unpin = true})
+local function rt(key)
+    local r = RUNTIMES[key]
+    if not r then
+        return nil, "no runtime " .. tostring(key)
+    end
+
+    return ngx.load_ffi(r[1], r[2], r[3])
 end
 
 
-local function uds_connect()
+local function uds_connect(key)
+    local path = uds_paths[key]
+    if not path then
+        return nil, "no unix-socket server " .. tostring(key)
+    end
+
     local sock = ngx.socket.tcp()
     sock:settimeouts(5000, 5000, 5000)
 
-    local ok, err = sock:connect("unix:" .. uds_path,
-                                 {pool = "uds_echo", pool_size = UDS_POOL})
+    local ok, err = sock:connect("unix:" .. path,
+                                 {pool = "uds_" .. key, pool_size = UDS_POOL})
     if not ok then
         return nil, err
     end
@@ -106,15 +134,67 @@ local function uds_call(sock, req)
 end
 
 
-function _M.init(path)
-    uds_path = path
+function _M.init(paths)
+    uds_paths = paths
 end
 
 
--- GET /ffi?size=N: the ffi echo of N bytes
-function _M.ffi_echo()
+-- each worker starts every runtime and makes one call to it, off the
+-- request path; /ready counts the runtimes that answered
+local function warm_up(premature)
+    if premature then
+        return
+    end
+
+    local dict = ngx.shared.bench
+    for _, key in ipairs(RUNTIME_KEYS) do
+        local r, err = rt(key)
+        local ok, res
+        if r then
+            ok, res, err = r:echo("warm")
+        end
+        if ok and res == "warm" then
+            dict:incr("ready", 1, 0)
+        else
+            dict:set("error:" .. key, tostring(err or res))
+            ngx.log(ngx.ERR, "bench: runtime ", key, ": ",
+                    tostring(err or res))
+        end
+    end
+end
+
+
+function _M.warm()
+    local ok, err = ngx.timer.at(0, warm_up)
+    if not ok then
+        ngx.log(ngx.ERR, "bench: no timer: ", err)
+    end
+end
+
+
+-- GET /ready: {"ready":N,"want":M,"errors":{...}}
+function _M.ready()
+    local dict = ngx.shared.bench
+    local errors = {}
+    for _, key in ipairs(RUNTIME_KEYS) do
+        local e = dict:get("error:" .. key)
+        if e then
+            errors[#errors + 1] = '"' .. key .. '":"'
+                                  .. e:gsub('[%c"\\]', "?") .. '"'
+        end
+    end
+
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print('{"ready":', dict:get("ready") or 0, ',"want":',
+              #RUNTIME_KEYS * ngx.worker.count(), ',"errors":{',
+              concat(errors, ","), '}}\n')
+end
+
+
+-- GET /ffi-KEY?size=N: the echo of N bytes through ffi to runtime KEY
+function _M.ffi_echo(key)
     local req = payload(tonumber(ngx.var.arg_size) or 512)
-    local demo, err = rt()
+    local demo, err = rt(key)
     if not demo then
         ngx.status = 500
         ngx.say("load: ", err)
@@ -132,10 +212,11 @@ function _M.ffi_echo()
 end
 
 
--- GET /uds?size=N: the same echo through a pooled unix-socket connection
-function _M.uds_echo()
+-- GET /uds-KEY?size=N: the same echo through a pooled connection to the
+-- unix-socket server KEY
+function _M.uds_echo(key)
     local req = payload(tonumber(ngx.var.arg_size) or 512)
-    local sock, err = uds_connect()
+    local sock, err = uds_connect(key)
     if not sock then
         ngx.status = 502
         ngx.say("connect: ", err)
@@ -163,8 +244,8 @@ end
 
 
 -- n calls in a row from one coroutine; returns the number that failed
-local function seq_ffi(req, n)
-    local demo = rt()
+local function seq_ffi(key, req, n)
+    local demo = rt(key)
     if not demo then
         return n
     end
@@ -183,8 +264,8 @@ local function seq_ffi(req, n)
 end
 
 
-local function seq_uds(req, n)
-    local sock = uds_connect()
+local function seq_uds(key, req, n)
+    local sock = uds_connect(key)
     if not sock then
         return n
     end
@@ -205,25 +286,32 @@ local function seq_uds(req, n)
 end
 
 
--- GET /seq?via=ffi|uds&size=N&n=N&conc=K: n calls of N bytes, from K
--- light threads (1: one coroutine, strictly sequential); JSON timing
+-- GET /seq?way=ffi-KEY|uds-KEY&size=N&n=N&conc=K: n calls of N bytes,
+-- from K light threads (1: one coroutine, strictly sequential); JSON
 function _M.seq()
     local args = ngx.req.get_uri_args()
-    local via = args.via
+    local way = args.way or "ffi-c"
+    local via, key = way:match("^(%a+)%-(%w+)$")
     local size = tonumber(args.size) or 512
     local n = tonumber(args.n) or 1000
     local conc = tonumber(args.conc) or 1
     local f = (via == "uds") and seq_uds or seq_ffi
     local req = payload(size)
 
+    if not key or (via ~= "uds" and via ~= "ffi") then
+        ngx.status = 400
+        ngx.say("way: ffi-KEY or uds-KEY")
+        return
+    end
+
     -- warm both sides (connection, runtime, JIT) outside the timing
-    f(req, 100)
+    f(key, req, 100)
 
     local t0 = now()
     local bad = 0
 
     if conc <= 1 then
-        bad = f(req, n)
+        bad = f(key, req, n)
 
     else
         local threads = {}
@@ -232,7 +320,7 @@ function _M.seq()
             if i == conc then
                 share = n - share * (conc - 1)
             end
-            threads[i] = ngx.thread.spawn(f, req, share)
+            threads[i] = ngx.thread.spawn(f, key, req, share)
         end
 
         for i = 1, conc do
@@ -245,7 +333,7 @@ function _M.seq()
 
     ngx.header["Content-Type"] = "application/json"
     ngx.print(concat({
-        '{"via":"', via == "uds" and "uds" or "ffi",
+        '{"way":"', way,
         '","size":', size, ',"n":', n, ',"conc":', conc,
         ',"errors":', bad, ',"secs":', string.format("%.6f", secs),
         ',"pid":', ngx.worker.pid(), '}\n'

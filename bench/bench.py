@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-# The benchmark of issue 7 (run by bench/run.sh): ffi vs a unix-domain socket
-# vs pure Lua, reload latency, memory, and a profile; writes bench/results.*.
+# The benchmark of issues 7 and 16 (run by bench/run.sh): every language's
+# runtime through ffi vs unix-socket servers vs pure Lua, in each CPU mode;
+# reload latency, memory, and a profile; writes bench/results.* (BENCH_OUT).
 
 import json
 import os
@@ -8,8 +9,9 @@ import signal
 import sys
 import time
 
-SAVED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                     "build", "bench", "results.json")
+SAVED = os.path.join(os.environ.get("BENCH_OUT") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "build", "bench"),
+    "results.json")
 
 # --report writes results.md and .png again from the last run's figures
 # (after an edit of notes.md, say), with the settings that run had
@@ -19,9 +21,10 @@ if sys.argv[1:] == ["--report"]:
     os.environ.update(SAVED_RUN["env"])
 
 import ffiprofile                                           # noqa: E402
+import harness                                              # noqa: E402
 import measure                                              # noqa: E402
 import report                                               # noqa: E402
-from harness import HTTP_CONF, Bench, log                   # noqa: E402
+from harness import HTTP_CONF, MODE_TITLE, Bench, log       # noqa: E402
 
 
 def timed(fn, *args):
@@ -43,25 +46,34 @@ def main():
 
     try:
         b.start_uds()
+        modes = ["unpinned", "pinned"]
+        # mode (c) needs ffi_runtime_cpus: nginx -t tells whether the
+        # module has it
+        if b.knows_runtime_cpus():
+            modes.append("inherit")
+            log("ffi_runtime_cpus inherit: measured (the module has it)")
+        else:
+            log("ffi_runtime_cpus inherit: skipped (the module does not "
+                "know the directive)")
+        b.results["modes"] = modes
 
-        # the default first: runtime threads go to whichever CPU is free
-        b.start_nginx(pinned=False)
-        log("nginx on 127.0.0.1:%d, workers %s, no CPU affinity"
-            % (b.port, " ".join(str(p) for p in b.workers())))
-        timed(measure.run_sequential, b)
-        timed(measure.run_throughput, b)
-        timed(ffiprofile.run_profile, b, ["seq512", "wrk32"])
-        b.stop_nginx()
-
-        # each worker, and the runtime threads it starts, on its own CPU
-        b.start_nginx(pinned=True)
-        log("nginx on 127.0.0.1:%d, workers %s, worker_cpu_affinity auto"
-            % (b.port, " ".join(str(p) for p in b.workers())))
-        timed(measure.run_sequential, b)
-        timed(measure.run_throughput, b)
-        timed(measure.run_reload, b)
-        timed(measure.run_memory, b)
-        timed(ffiprofile.run_profile, b, ["seq512", "seq100k", "wrk32"])
+        for mode in modes:
+            b.start_nginx(mode)
+            log("nginx on 127.0.0.1:%d, workers %s, %s"
+                % (b.port, " ".join(str(p) for p in b.workers()),
+                   MODE_TITLE[mode]))
+            timed(measure.run_sequential, b)
+            timed(measure.run_throughput, b)
+            if mode == "pinned":
+                # reload and memory where production runs: bound workers
+                timed(measure.run_reload, b)
+                timed(measure.run_memory, b)
+                timed(ffiprofile.run_profile, b,
+                      ["seq512", "wrk32", "wrk32lua", "wrk32go"])
+            elif mode == "unpinned":
+                timed(ffiprofile.run_profile, b,
+                      ["seq512", "wrk32", "wrk32lua"])
+            b.stop_nginx()
     finally:
         b.stop_all()
 
@@ -69,10 +81,12 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "secs": time.time() - started, "machine": report.machine(),
         "http_conf": HTTP_CONF}
+    os.makedirs(os.path.dirname(SAVED), exist_ok=True)
     with open(SAVED, "w") as f:
         json.dump({"results": b.results, "commands": b.commands,
-                   "env": {k: v for k, v in os.environ.items()
-                           if k.startswith("BENCH_")}}, f)
+                   "env": dict(harness.knobs(),
+                               **{k: v for k, v in os.environ.items()
+                                  if k.startswith("BENCH_")})}, f)
     write_report(b)
 
 
@@ -80,8 +94,8 @@ def write_report(b):
     chart = report.plot(b)
     report.report(b, chart)
     report.print_table(b)
-    log("\nwrote bench/results.md%s"
-        % (" and bench/results.png" if chart else ""))
+    log("\nwrote %s/results.md%s"
+        % (report.shorten_out(), " and results.png" if chart else ""))
 
 
 def rewrite_report():

@@ -137,7 +137,8 @@ CATEGORIES = [
     ("clock", "clock reads", "clock_gettime, gettimeofday (vDSO)"),
     ("ngx_lua", "lua-nginx-module", "lua-nginx-module"),
     ("nginx", "nginx", "nginx core"),
-    ("runtime", "runtime code", "the runtime's own code (demo)"),
+    ("runtime", "runtime code",
+     "the runtime's own code (the C demo; Go: its scheduler and cgo too)"),
     ("other", "other", "other user code (libc: memset, recv wrappers)"),
 ]
 
@@ -225,7 +226,7 @@ def category(frames):
         return "ngx_lua"
     if os.path.basename(dso) == "nginx":
         return "nginx"
-    if "libdemo" in dso or "/nginx-ffi." in dso:
+    if "libdemo" in dso or "/nginx-ffi." in dso or "libffi_" in dso:
         return "runtime"       # its shadow copy, or the file itself
     return "other"
 
@@ -274,23 +275,27 @@ def run_profile(b, which):
 
     def seq(size, n):
         def workload():
-            code, body = b.get("/seq?via=ffi&size=%d&n=%d" % (size, n))
+            code, body = b.get("/seq?way=ffi-c&size=%d&n=%d" % (size, n))
             if code != 200:
                 raise RuntimeError("/seq: %d" % code)
             walls.append(json.loads(body)["secs"] * 1e6 / n)
             return n + 100          # with its 100 warm-up calls
         return workload
 
-    def under_wrk():
-        p = b.wrk("/ffi?size=%d" % WRK_SIZE, 32, PROFILE_SECS)
-        r = b.wrk_result(p)
-        # two workers serve at once: wall time per call is 2 / rate
-        walls.append(2e6 / r["rps"] if r["rps"] else 0)
-        return max(1, r["requests"])
+    def under_wrk(way):
+        def workload():
+            p = b.wrk("/%s?size=%d" % (way, WRK_SIZE), 32, PROFILE_SECS)
+            r = b.wrk_result(p)
+            # two workers serve at once: wall time per call is 2 / rate
+            walls.append(2e6 / r["rps"] if r["rps"] else 0)
+            return max(1, r["requests"])
+        return workload
 
     runs = {"seq512": ("sequential 512 B", seq(512, PROFILE_N)),
             "seq100k": ("sequential 100 KB", seq(102400, PROFILE_N // 5)),
-            "wrk32": ("wrk -c32, 512 B", under_wrk)}
+            "wrk32": ("wrk -c32, 512 B, ffi C", under_wrk("ffi-c")),
+            "wrk32lua": ("wrk -c32, 512 B, pure Lua", under_wrk("lua")),
+            "wrk32go": ("wrk -c32, 512 B, ffi Go", under_wrk("ffi-go"))}
     prof = b.results.setdefault("profile", [])
     try:
         for key in which:

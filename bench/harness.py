@@ -15,29 +15,54 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-PREFIX = os.path.join(REPO, "build", "bench")
+# where the servers' files go, and where the report goes (the smoke test,
+# t/900, points both at a temporary folder)
+PREFIX = os.environ.get("BENCH_PREFIX") or os.path.join(REPO, "build",
+                                                        "bench")
+OUT = os.environ.get("BENCH_OUT") or BENCH
+# the nginx and the module under test (t/memcheck/run.sh: ASan builds)
+NGINX = os.environ.get("BENCH_NGINX") or "nginx"
+MODULE = os.environ.get("BENCH_MODULE") or os.path.join(
+    REPO, "build", "ngx_http_lua_ffi_module.so")
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+# a few calls per row and every wrk run at once: proves the harness works
+TINY = os.environ.get("BENCH_TINY") == "1"
 
 
-def knob(name, full, quick):
-    return int(os.environ.get("BENCH_" + name, quick if QUICK else full))
+KNOBS = {}
+
+
+def knob(name, full, quick, tiny):
+    v = int(os.environ.get("BENCH_" + name,
+                           tiny if TINY else quick if QUICK else full))
+    KNOBS["BENCH_" + name] = str(v)
+    return v
+
+
+def knobs():
+    """The settings of this run, as BENCH_* variables: --report writes
+    the tables of a run with the settings it had."""
+    return dict(KNOBS)
 
 
 # every figure can be turned down for a quick look (BENCH_QUICK=1)
-SEQ_N = knob("SEQ_N", 100000, 5000)
-SEQ_ROUNDS = 5
-SEQ_SIZES = [512, 4096, 10240, 102400]
-WRK_SECS = knob("WRK_SECS", 10, 2)
+SEQ_N = knob("SEQ_N", 20000, 2000, 10)
+SEQ_ROUNDS = knob("SEQ_ROUNDS", 5, 3, 1)
+# a round of a slow way (a Python server at 100 KB) stops short of SEQ_N
+SEQ_ROUND_SECS = knob("SEQ_ROUND_MS", 300, 100, 10) / 1e3
+SEQ_SIZES = [512, 102400]
+WRK_SECS = knob("WRK_SECS", 2, 1, 1)
+WRK_ROUNDS = knob("WRK_ROUNDS", 3, 1, 1)
 WRK_CONNS = [32, 256]
 WRK_SIZE = 512
-RELOADS = knob("RELOADS", 50, 10)
-RELOAD_EVERY_MS = knob("RELOAD_EVERY_MS", 100, 50)
-MEM_CALLS = knob("MEM_CALLS", 1000000, 20000)
-MEM_RELOADS = knob("MEM_RELOADS", 1000, 20)
-PROFILE = knob("PROFILE", 1, 1) != 0
-PROFILE_N = knob("PROFILE_N", 50000, 5000)
-PROFILE_SECS = knob("PROFILE_SECS", 5, 2)
+RELOADS = knob("RELOADS", 50, 10, 3)
+RELOAD_EVERY_MS = knob("RELOAD_EVERY_MS", 100, 50, 50)
+MEM_CALLS = knob("MEM_CALLS", 1000000, 20000, 200)
+MEM_RELOADS = knob("MEM_RELOADS", 1000, 20, 3)
+PROFILE = knob("PROFILE", 1, 1, 0) != 0
+PROFILE_N = knob("PROFILE_N", 50000, 5000, 100)
+PROFILE_SECS = knob("PROFILE_SECS", 5, 2, 1)
 
 # directives added to the http block, e.g. to compare a module option on
 # and off: BENCH_HTTP_CONF='ffi_busy_poll_us 0;'
@@ -46,16 +71,43 @@ HTTP_CONF = os.environ.get("BENCH_HTTP_CONF", "")
 # the status of a library settles once its old images are unmapped, after
 # ffi_close_grace (500 ms by default): never wait this long for it
 SETTLE_TIMEOUT = 30.0
+# a JVM and a Node.js start in each worker before anything is timed
+READY_TIMEOUT = 120.0
 
 LIB = "demo"
 BUILDS = ["a", "b"]
+
+# the ways an echo is served: (key, label, language); the key is the
+# location (/KEY) and /seq's way
+FFI_RUNTIMES = [("c", "C"), ("go", "Go"), ("rust", "Rust"),
+                ("python", "Python"), ("java", "Java"),
+                ("nodejs", "Node.js")]
+UDS_SERVERS = [("c", "C"), ("go", "Go"), ("python", "Python")]
+WAYS = ([("ffi-" + k, "ffi " + n, n) for k, n in FFI_RUNTIMES]
+        + [("uds-" + k, "uds " + n, n) for k, n in UDS_SERVERS]
+        + [("lua", "pure Lua", "Lua")])
+SEQ_WAYS = [w for w in WAYS if w[0] != "lua"]
+LABEL = {k: label for k, label, _ in WAYS}
+
+# the examples' folders: where make examples leaves each library
+EXAMPLE_DIRS = ["go", "rust", "python", "java", "nodejs"]
+
+# the CPU modes: (key, title, worker_cpu_affinity, ffi_runtime_cpus)
+MODES = [
+    ("unpinned", "no CPU affinity (nginx's default)", None, None),
+    ("pinned", "`worker_cpu_affinity auto`, default runtime CPUs",
+     "auto", None),
+    ("inherit", "`worker_cpu_affinity auto` + `ffi_runtime_cpus inherit`",
+     "auto", "inherit"),
+]
+MODE_TITLE = {k: t for k, t, _, _ in MODES}
 
 
 class Bench:
     """What was started (so that it is stopped) and what was measured."""
 
     def __init__(self):
-        self.procs = []         # children to stop: uds_echo, nginx, wrk
+        self.procs = []         # children to stop: servers, nginx, wrk
         self.port = None
         self.admin = None
         self.master = None
@@ -63,8 +115,8 @@ class Bench:
         self.commands = []
         self.build = 0          # which build of the demo is in place
         self.nginx = None
-        self.pinned = False
-        self.uds_path = None
+        self.mode = "unpinned"
+        self.uds_paths = {}
 
     # ---- processes ----
 
@@ -92,66 +144,116 @@ class Bench:
     # ---- the servers ----
 
     def start_uds(self):
+        """The unix-socket echo servers: C (a thread per connection), Go
+        (a goroutine per connection), Python (asyncio)."""
         for d in ("lib", "shadow", "client_body"):
             os.makedirs(os.path.join(PREFIX, d), exist_ok=True)
 
-        # sun_path holds 107 bytes: a deep checkout falls back to /tmp
-        sock = os.path.join(PREFIX, "uds.sock")
-        if len(sock.encode()) > 100:
-            sock = os.path.join(tempfile.gettempdir(),
-                                "ffi-bench-%d.sock" % os.getpid())
-        if os.path.exists(sock):
-            os.unlink(sock)
-        self.uds_path = sock
+        python = "/usr/bin/python3"
+        if not os.access(python, os.X_OK):
+            python = shutil.which("python3")
+        argv = {"c": [os.path.join(PREFIX, "uds_echo")],
+                "go": [os.path.join(PREFIX, "uds_echo_go")],
+                "python": [python, "-B", os.path.join(BENCH, "uds_echo.py")]}
 
-        uds = self.spawn([os.path.join(PREFIX, "uds_echo"), sock])
-        wait_for(lambda: os.path.exists(sock) or uds.poll() is not None,
-                 10, "uds_echo to listen")
-        if uds.poll() is not None:
-            raise RuntimeError("uds_echo exited with %d" % uds.returncode)
+        for key, _ in UDS_SERVERS:
+            # sun_path holds 107 bytes: a deep checkout falls back to /tmp
+            sock = os.path.join(PREFIX, "uds-%s.sock" % key)
+            if len(sock.encode()) > 100:
+                sock = os.path.join(tempfile.gettempdir(), "ffi-bench-%d-%s"
+                                    ".sock" % (os.getpid(), key))
+            if os.path.exists(sock):
+                os.unlink(sock)
+            self.uds_paths[key] = sock
 
-    def start_nginx(self, pinned):
-        """nginx with both workers; pinned: worker_cpu_affinity auto, so
-        that each worker and the runtime threads it starts share a CPU."""
-        self.install_build(0)
-        self.port = free_port()
-        self.pinned = pinned
+            uds = self.spawn(argv[key] + [sock])
+            wait_for(lambda: os.path.exists(sock) or uds.poll() is not None,
+                     30, "uds server %s to listen" % key)
+            if uds.poll() is not None:
+                raise RuntimeError("uds server %s exited with %d"
+                                   % (key, uds.returncode))
 
+    def knows_runtime_cpus(self):
+        """Whether the module has ffi_runtime_cpus: nginx -t of the
+        benchmark's configuration in mode (c)."""
+        path = self.write_conf("inherit", free_port(), "nginx-t.conf")
+        r = subprocess.run([NGINX, "-t", "-p", PREFIX, "-c", path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+        if r.returncode == 0:
+            return True
+        if "ffi_runtime_cpus" in r.stdout:
+            return False
+        raise RuntimeError("nginx -t failed:\n" + r.stdout)
+
+    def write_conf(self, mode, port, name="nginx.conf"):
+        _, _, affinity, runtime_cpus = [m for m in MODES if m[0] == mode][0]
         with open(os.path.join(BENCH, "nginx.conf.in")) as f:
             conf = f.read()
         user = "root" if os.geteuid() == 0 else None
+        libpath = ":".join([os.path.join(PREFIX, "lib")]
+                           + [os.path.join(REPO, "examples", d)
+                              for d in EXAMPLE_DIRS])
         conf = (conf.replace("@REPO@", REPO).replace("@PREFIX@", PREFIX)
-                .replace("@PORT@", str(self.port))
+                .replace("@MODULE@", MODULE)
+                .replace("@PORT@", str(port))
                 .replace("@USER@", user or "")
-                .replace("@AFFINITY@", "auto" if pinned else "off")
-                .replace("@UDS@", self.uds_path)
+                .replace("@AFFINITY@", affinity or "off")
+                .replace("@LIBRARY_PATH@", libpath)
+                .replace("@UDS_C@", self.uds_paths.get("c", ""))
+                .replace("@UDS_GO@", self.uds_paths.get("go", ""))
+                .replace("@UDS_PYTHON@", self.uds_paths.get("python", ""))
+                .replace("@RUNTIME_CPUS@",
+                         "ffi_runtime_cpus %s;" % runtime_cpus
+                         if runtime_cpus else "")
                 .replace("@HTTP_CONF@", HTTP_CONF))
         if user is None:
             conf = re.sub(r"(?m)^user .*\n", "", conf)
-        if not pinned:
+        if affinity is None:
             conf = re.sub(r"(?m)^worker_cpu_affinity off;\n", "", conf)
-        conf_path = os.path.join(PREFIX, "nginx.conf")
-        with open(conf_path, "w") as f:
+        path = os.path.join(PREFIX, name)
+        with open(path, "w") as f:
             f.write(conf)
+        return path
 
-        ngx = self.spawn(["nginx", "-p", PREFIX, "-c", conf_path,
-                          "-g", "daemon off;"])
+    def start_nginx(self, mode):
+        """nginx with both workers in CPU mode `mode` (MODES); returns once
+        every worker has started every runtime and had an answer."""
+        self.install_build(0)
+        self.port = free_port()
+        self.mode = mode
+        conf_path = self.write_conf(mode, self.port)
+
+        # nginx reads NGINX as sockets inherited from a binary upgrade
+        env = {k: v for k, v in os.environ.items() if k != "NGINX"}
+        ngx = self.spawn([NGINX, "-p", PREFIX, "-c", conf_path,
+                          "-g", "daemon off;"], env=env)
         self.nginx = ngx
         self.master = ngx.pid
         wait_for(lambda: port_open(self.port) or ngx.poll() is not None,
-                 15, "nginx to listen")
+                 30, "nginx to listen")
         if ngx.poll() is not None:
             raise RuntimeError("nginx exited with %d; see %s/error.log"
                                % (ngx.returncode, PREFIX))
 
-        wait_for(lambda: len(self.workers()) == 2, 15, "2 nginx workers")
+        wait_for(lambda: len(self.workers()) == 2, 30, "2 nginx workers")
 
         self.admin = http.client.HTTPConnection("127.0.0.1", self.port,
                                                 timeout=600)
-        for path in ("/ffi?size=16", "/uds?size=16", "/lua?size=16"):
-            status, body = self.get(path)
+
+        def ready():
+            status, body = self.get("/ready")
+            r = json.loads(body)
+            if r["errors"]:
+                raise RuntimeError("runtimes failed to start: %r (see %s/"
+                                   "error.log)" % (r["errors"], PREFIX))
+            return r["ready"] >= r["want"]
+        wait_for(ready, READY_TIMEOUT, "every runtime in both workers")
+
+        for key, _, _ in WAYS:
+            status, body = self.get("/%s?size=16" % key)
             if status != 200 or len(body) != 16:
-                raise RuntimeError("GET %s: %d %r" % (path, status, body))
+                raise RuntimeError("GET /%s: %d %r" % (key, status, body))
 
     def stop_nginx(self):
         self.admin.close()
@@ -161,7 +263,7 @@ class Bench:
         self.nginx = None
 
     def config(self):
-        return "pinned" if self.pinned else "unpinned"
+        return self.mode
 
     def install_build(self, which):
         """Puts build `which` of the demo at the path nginx loads."""

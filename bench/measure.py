@@ -1,4 +1,4 @@
-# The four measurements of issue 7: sequential round trips, throughput,
+# The four measurements of issues 7 and 16: sequential round trips, throughput,
 # reload under load, and memory (run in this order by bench/bench.py).
 
 import http.client
@@ -8,42 +8,54 @@ import statistics
 import threading
 import time
 
-from harness import (LIB, MEM_CALLS, MEM_RELOADS, RELOAD_EVERY_MS, RELOADS,
-                     SEQ_N, SEQ_ROUNDS, SEQ_SIZES, SETTLE_TIMEOUT,
-                     WRK_CONNS, WRK_SECS, WRK_SIZE, log, percentile,
-                     wait_for)
+from harness import (LABEL, LIB, MEM_CALLS, MEM_RELOADS, RELOAD_EVERY_MS,
+                     RELOADS, SEQ_N, SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES,
+                     SEQ_WAYS,
+                     SETTLE_TIMEOUT, WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS,
+                     WRK_SIZE, log, percentile, wait_for)
 
 
 # ---- (1) sequential round trips ----
 
+def seq_round(b, way, size, n):
+    """One /seq round: µs per call."""
+    status, body = b.get("/seq?way=%s&size=%d&n=%d" % (way, size, n))
+    r = json.loads(body) if status == 200 else {}
+    if status != 200 or r["errors"]:
+        raise RuntimeError("/seq %s %d: %d %r" % (way, size, status, body))
+    return r["secs"] * 1e6 / n
+
+
 def run_sequential(b):
-    log("== sequential round trips (%s): %d calls from one coroutine, in "
-        "%d rounds alternating ffi and uds"
-        % (b.config(), SEQ_N, SEQ_ROUNDS))
+    log("== sequential round trips (%s): up to %d calls per way and size "
+        "from one coroutine, in %d rounds of at most %.1f s; each round "
+        "takes every way in turn"
+        % (b.config(), SEQ_N, SEQ_ROUNDS, SEQ_ROUND_SECS))
     rows = []
-    n = SEQ_N // SEQ_ROUNDS
+    most = max(1, SEQ_N // SEQ_ROUNDS)
     for size in SEQ_SIZES:
-        row = {"size": size, "config": b.config(),
-               "rounds": {"ffi": [], "uds": []}}
+        # a Python server at 100 KB is a hundred times slower than the C
+        # demo: a short first round sets each way's calls per round
+        calls = {}
+        for way, _, _ in SEQ_WAYS:
+            us = seq_round(b, way, size, min(most, 50))
+            calls[way] = int(min(most, max(min(most, 50),
+                                           SEQ_ROUND_SECS * 1e6 / us)))
+        rounds = {w: [] for w, _, _ in SEQ_WAYS}
         for i in range(SEQ_ROUNDS):
-            # alternate who goes first: a burst of other work on the
-            # machine then hits both alike
-            for via in (("ffi", "uds") if i % 2 == 0 else ("uds", "ffi")):
-                status, body = b.get("/seq?via=%s&size=%d&n=%d"
-                                     % (via, size, n))
-                r = json.loads(body)
-                if status != 200 or r["errors"]:
-                    raise RuntimeError("/seq %s %d: %d %r"
-                                       % (via, size, status, body))
-                row["rounds"][via].append(r["secs"] * 1e6 / n)
-        for via in ("ffi", "uds"):
-            row[via] = statistics.median(row["rounds"][via])
-        row["ratio"] = row["uds"] / row["ffi"]
-        log("  %7d B  ffi %8.2f us  uds %8.2f us  ffi is %.2fx as fast"
-            "  (rounds: ffi %s, uds %s)"
-            % (size, row["ffi"], row["uds"], row["ratio"],
-               spread(row["rounds"]["ffi"]), spread(row["rounds"]["uds"])))
-        rows.append(row)
+            # every other round in reverse: a burst of other work on the
+            # machine then hits all ways alike
+            order = SEQ_WAYS if i % 2 == 0 else SEQ_WAYS[::-1]
+            for way, _, _ in order:
+                rounds[way].append(seq_round(b, way, size, calls[way]))
+        for way, label, _ in SEQ_WAYS:
+            row = {"size": size, "config": b.config(), "way": way,
+                   "calls": calls[way] * SEQ_ROUNDS, "rounds": rounds[way],
+                   "us": statistics.median(rounds[way])}
+            rows.append(row)
+            log("  %7d B  %-12s %9.2f us/call  (%d calls, rounds %s)"
+                % (size, label, row["us"], row["calls"],
+                   spread(rounds[way])))
     b.results.setdefault("seq", []).extend(rows)
 
 
@@ -54,23 +66,40 @@ def spread(values):
 # ---- (2) throughput ----
 
 def run_throughput(b):
-    log("== throughput (%s): wrk -t2, %d s per run, %d B answers"
-        % (b.config(), WRK_SECS, WRK_SIZE))
+    log("== throughput (%s): wrk, %d rounds of %d s per way, each round "
+        "takes every way in turn, %d B answers"
+        % (b.config(), WRK_ROUNDS, WRK_SECS, WRK_SIZE))
     rows = []
     for conns in WRK_CONNS:
-        for handler in ("ffi", "uds", "lua"):
-            p = b.wrk("/%s?size=%d" % (handler, WRK_SIZE), conns, WRK_SECS)
-            r = b.wrk_result(p)
-            r.update(handler=handler, conns=conns, config=b.config())
-            del r["raw"]
+        runs = {w: [] for w, _, _ in WAYS}
+        for i in range(WRK_ROUNDS):
+            # every other round in reverse, as the sequential rounds: a
+            # burst of other work on the machine hits every way alike
+            order = WAYS if i % 2 == 0 else WAYS[::-1]
+            for way, _, _ in order:
+                p = b.wrk("/%s?size=%d" % (way, WRK_SIZE), conns, WRK_SECS)
+                r = b.wrk_result(p)
+                del r["raw"]
+                runs[way].append(r)
+        for way, _, _ in WAYS:
+            # the median round by rate stands for the way; all count for
+            # requests and failures
+            done = sorted(runs[way], key=lambda x: x["rps"])
+            r = dict(done[(len(done) - 1) // 2])
+            r.update(way=way, conns=conns, config=b.config(),
+                     rounds=[x["rps"] for x in runs[way]],
+                     requests=sum(x["requests"] for x in done),
+                     errors=sum(x["errors"] for x in done),
+                     non2xx=sum(x["non2xx"] for x in done))
             rows.append(r)
-            log("  %-3s c=%-3d %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  "
-                "errors %d  non-2xx %d"
-                % (handler, conns, r["rps"], r["p50"] or -1, r["p99"] or -1,
-                   r["errors"], r["non2xx"]))
+            log("  %-12s c=%-3d %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  "
+                "errors %d  non-2xx %d  (rounds %s)"
+                % (LABEL[way], conns, r["rps"], r["p50"] or -1,
+                   r["p99"] or -1, r["errors"], r["non2xx"],
+                   "-".join("%.0f" % x for x in sorted(r["rounds"]))))
     for r in rows:
         lua = [x for x in rows
-               if x["conns"] == r["conns"] and x["handler"] == "lua"][0]
+               if x["conns"] == r["conns"] and x["way"] == "lua"][0]
         r["vs_lua"] = r["rps"] / lua["rps"] if lua["rps"] else 0
     b.results.setdefault("wrk", []).extend(rows)
 
@@ -144,7 +173,7 @@ def run_reload(b):
     log("== reload: %d reloads alternating two builds, one every %d ms, "
         "under wrk -c32" % (RELOADS, RELOAD_EVERY_MS))
     wait_settled(b)
-    load = b.wrk("/ffi?size=%d" % WRK_SIZE, 32, 3600, threads=1)
+    load = b.wrk("/ffi-c?size=%d" % WRK_SIZE, 32, 3600, threads=1)
     # both workers serve the library before the first reload is timed
     wait_for(lambda: all(v is not None and v["runtimes"]
                          for v in lib_views(b.status())),
@@ -193,7 +222,7 @@ def run_memory(b):
     conns = {}
     for _ in range(64):
         c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=600)
-        code, body = b.get("/seq?via=ffi&size=16&n=1", c)
+        code, body = b.get("/seq?way=ffi-c&size=16&n=1", c)
         pid = json.loads(body)["pid"]
         if pid in conns:
             c.close()
@@ -206,7 +235,7 @@ def run_memory(b):
     share = MEM_CALLS // len(conns)
 
     def calls(c, n):
-        code, body = b.get("/seq?via=ffi&size=512&conc=16&n=%d" % n, c)
+        code, body = b.get("/seq?way=ffi-c&size=512&conc=16&n=%d" % n, c)
         c.close()
         if code != 200 or json.loads(body)["errors"]:
             errors.append(body)
@@ -222,7 +251,7 @@ def run_memory(b):
     rss1 = b.rss_kb()
 
     # two rounds of reloads: growth in the second is what a leak looks like
-    load = b.wrk("/ffi?size=%d" % WRK_SIZE, 4, 3600, threads=1)
+    load = b.wrk("/ffi-c?size=%d" % WRK_SIZE, 4, 3600, threads=1)
     rss, secs = [], 0.0
     for _ in range(2):
         t0 = time.perf_counter()

@@ -1,12 +1,14 @@
 # The chart of bench/results.md (bench/report.py passes datadir, out,
-# median, rssmax, prof): eight panels, one per question the benchmark asks.
+# median, rssmax, prof, nmodes): eight panels, one per question the
+# benchmark asks; bars per way, one colour per CPU mode.
 
-set terminal pngcairo size 2000,1040 font "DejaVu Sans,11" noenhanced
+set terminal pngcairo size 2400,1200 font "DejaVu Sans,11" noenhanced
 set output out
 set encoding utf8
 
 ffi = "#1f77b4"; uds = "#ff7f0e"; lua = "#7f7f7f"; other = "#2ca02c"
 bad = "#d62728"
+array modecol[3] = ["#9ecae1", "#1f77b4", "#08306b"]
 
 set style data histograms
 set style histogram clustered gap 1
@@ -19,65 +21,58 @@ set tics nomirror
 set yrange [0:*]
 
 set multiplot layout 2,4 title \
-    "lua-resty-ffi on nginx (2 workers, 2 CPUs): ffi vs a unix-domain socket vs pure Lua" \
+    "lua-resty-ffi on nginx (2 workers, 2 CPUs): each language through ffi vs a unix-socket plugin server vs pure Lua" \
     font "DejaVu Sans,15"
 
-# 1-2. latency of one round trip, by size, in both CPU set-ups; the
-# speed-up on top of each pair
-do for [cfg in "unpinned pinned"] {
-    set title sprintf("Sequential round trip, µs per call, %s\n(lower is better; label: ffi speed-up)", \
-        cfg eq "pinned" ? "worker_cpu_affinity auto" : "no CPU affinity")
+# 1-2. one round trip, by way, in every CPU mode (log scale: a Python
+# server and the C demo differ a hundredfold)
+set xtics rotate by -35 left font ",10"
+do for [size in "512 102400"] {
+    set title sprintf("Sequential round trip, %s, µs per call, log scale\n(lower is better)", \
+        size eq "512" ? "512 B" : "100 KB")
     set ylabel "µs per call"
-    set offsets 0, 0, graph 0.15, 0
-    plot datadir."/seq-".cfg.".dat" using 2:xtic(1) title "ffi" lc rgb ffi, \
-         "" using 3 title "unix socket" lc rgb uds, \
-         "" using ($0):(($2 > $3 ? $2 : $3)):(sprintf("%.1fx", $4)) \
-            with labels offset 0,0.8 font ",12" notitle
+    set logscale y
+    set yrange [0.1:*]
+    plot for [i=2:nmodes+1] datadir."/seq-".size.".dat" \
+        using i:xtic(1) title columnheader(i) lc rgb modecol[i-1]
+    unset logscale y
+    set yrange [0:*]
 }
 
-# 3. the speed-up against the targets of issue 7; a log scale keeps a
-# 50x bar from flattening the 5x and 8x marks
-set title "ffi speed-up over the unix socket (x, log scale)\n(higher is better; marks: the targets)"
-set ylabel "times as fast"
+# 3-4. requests per second under load
+do for [c in "32 256"] {
+    set title sprintf("Throughput, wrk -c%s, thousand requests/s\n(higher is better)", c)
+    set ylabel "k req/s"
+    plot for [i=2:nmodes+1] datadir."/wrk-".c.".dat" \
+        using i:xtic(1) title columnheader(i) lc rgb modecol[i-1]
+}
+
+# 5. the targets of issue 16: measured / required, 1 = just met
+set title "Targets: measured / required (log scale)\n(green: met, red: missed; the line: just met)"
+set ylabel "measured / required"
 set logscale y
-set yrange [0.5:200]
+set yrange [0.01:*]
+set key off
+set style data boxes
+set boxwidth 0.7
+set offsets 0.5, 0.5, 0, 0
+plot datadir."/targets.dat" \
+        using 0:2:($3 > 0 ? 0x2ca02c : 0xd62728):xtic(1) lc rgb variable, \
+     1 with lines dt 2 lw 2 lc rgb "#444444"
+set style data histograms
 set offsets 0, 0, 0, 0
-plot datadir."/seq-unpinned.dat" using 4:xtic(1) title "no CPU affinity" \
-        lc rgb "#9ecae1", \
-     datadir."/seq-pinned.dat" using 4 title "worker_cpu_affinity auto" \
-        lc rgb ffi, \
-     "" using ($0):5 with points pt 9 ps 2.5 lc rgb bad title "target", \
-     1 with lines dt 3 lc rgb "#444444" title "as fast"
 unset logscale y
 set yrange [0:*]
+set key top left reverse Left
+set xtics norotate font ",11"
 
-# 4. requests per second under load; ffi's share of the ceiling on top
-set title "Throughput, thousand requests/s\n(higher is better; label: ffi as a share of pure Lua)"
-set ylabel "k req/s"
-set offsets 0, 0, graph 0.25, 0
-set xlabel "connections, worker_cpu_affinity"
-plot datadir."/wrk.dat" using 2:xtic(1) title "ffi" lc rgb ffi, \
-     "" using 3 title "unix socket" lc rgb uds, \
-     "" using 4 title "pure Lua (ceiling)" lc rgb lua, \
-     "" using ($0-0.25):2:(sprintf("%.0f%%", 100*$2/$4)) \
-        with labels offset 0,0.8 font ",10" notitle
-
-# 5. tail latency under the same load
-set title "p99 latency under load, ms (lower is better)"
-set ylabel "ms"
-set offsets 0, 0, graph 0.25, 0
-plot datadir."/wrk.dat" using 5:xtic(1) title "ffi" lc rgb ffi, \
-     "" using 6 title "unix socket" lc rgb uds, \
-     "" using 7 title "pure Lua" lc rgb lua
-unset xlabel
-
-# 6. each reload, in order; a log scale shows the data and the 20 ms
+# 6. each reload, in order; a log scale shows the data and the 5 ms
 # target together
 set title sprintf("Reload under load (wrk -c32), ms, log scale\n(median POST -> 200: %.2f ms)", median)
 set ylabel "ms"
 set xlabel "reload #"
 set logscale y
-set yrange [0.1:100]
+set yrange [0.1:*]
 set offsets 0, 0, 0, 0
 set style data points
 set key top right noreverse Right
@@ -85,7 +80,7 @@ plot datadir."/reload.dat" using 1:2 title "POST -> 200" \
         with linespoints pt 7 ps 0.5 lc rgb ffi, \
      "" using 1:3 title "-> /ffi/status shows every worker on it" \
         with points pt 6 ps 0.6 lc rgb other, \
-     20 title "target: 20 ms" with lines dt 2 lw 2 lc rgb bad
+     5 title "target: median 5 ms" with lines dt 2 lw 2 lc rgb bad
 unset logscale y
 unset xlabel
 set key top left reverse Left

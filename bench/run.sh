@@ -1,20 +1,31 @@
 #!/bin/bash
-# `make bench`: builds the benchmark's helpers under build/bench and runs
-# bench/bench.py; whatever it started is stopped on any exit (trap).
+# `make bench`: builds the benchmark's helpers under build/bench (or
+# BENCH_PREFIX) and runs bench/bench.py; whatever it started is stopped on
+# any exit (trap).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-out=$repo/build/bench
+out=${BENCH_PREFIX:-$repo/build/bench}
 cc=${CC:-cc}
 
 cd "$repo"
 
-if [ ! -f build/ngx_http_lua_ffi_module.so ]; then
+if [ ! -f "${BENCH_MODULE:-build/ngx_http_lua_ffi_module.so}" ]; then
     echo "bench: build/ngx_http_lua_ffi_module.so is missing: run make" >&2
     exit 1
 fi
 
-for tool in nginx wrk python3; do
+# every language's echo runtime (make examples)
+for lib in examples/go/libffi_go_echo.so examples/rust/libffi_rust_echo.so \
+           examples/python/libffi_python3.so examples/java/libffi_java.so \
+           examples/nodejs/libffi_nodejs.so; do
+    if [ ! -f "$lib" ]; then
+        echo "bench: $lib is missing: run make examples" >&2
+        exit 1
+    fi
+done
+
+for tool in nginx wrk python3 go; do
     command -v "$tool" >/dev/null || {
         echo "bench: $tool not found (see DEPS_BENCH in the Makefile)" >&2
         exit 1
@@ -25,6 +36,11 @@ mkdir -p "$out"
 
 "$cc" -O2 -g -Wall -Wextra -Werror -pthread -o "$out/uds_echo" \
     bench/uds_echo.c
+
+# the Go server: GOPATH mode, standard library only, caches in $out
+GO111MODULE=off GOPROXY=off GOCACHE="$out/.gocache" GOPATH="$out/.gopath" \
+    go build -o "$out/uds_echo_go.tmp" bench/uds_echo.go
+mv -f "$out/uds_echo_go.tmp" "$out/uds_echo_go"
 
 # two builds of the demo that differ only in their build id: each reload
 # swaps in the other, so that a new image is really mapped every time

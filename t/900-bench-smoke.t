@@ -1,0 +1,108 @@
+# make bench's harness in its tiny mode (BENCH_TINY=1: a few calls per row,
+# wrk runs of 1 s): on a clean clone it starts every runtime
+# (C, Go, Rust, Python, Java, Node.js through ffi; C, Go and Python
+# unix-socket servers; pure Lua) in every CPU mode and writes its report.
+# No figure is judged here: only that every row was measured, without an
+# error, and that the report names every target of issue 16.
+use strict;
+use warnings;
+
+use lib 't/lib';
+use FFITest;
+use File::Temp qw(tempdir);
+use JSON::PP;
+use Test::More;
+
+my $repo = FFITest::repo();
+my $out = tempdir('ffi-bench-smoke-XXXXXX', TMPDIR => 1,
+                  CLEANUP => !$ENV{FFI_TEST_KEEP});
+
+my @ffi = qw(c go rust python java nodejs);
+my @uds = qw(c go python);
+my @ways = ((map { "ffi-$_" } @ffi), (map { "uds-$_" } @uds), 'lua');
+
+# the nginx and module under test (t/memcheck/run.sh sets both): the bench
+# must not pass NGINX on to nginx, which reads it as inherited sockets
+local $ENV{BENCH_NGINX} = $ENV{NGINX} || 'nginx';
+local $ENV{BENCH_MODULE} = $ENV{FFI_MODULE}
+    || "$repo/build/ngx_http_lua_ffi_module.so";
+delete local $ENV{NGINX};
+local $ENV{BENCH_TINY} = 1;
+local $ENV{BENCH_OUT} = $out;
+# its own servers' folder: a make bench may run at the same time
+local $ENV{BENCH_PREFIX} = "$out/run";
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<', $path or return undef;
+    local $/;
+    return <$fh>;
+}
+
+my $report_before = slurp("$repo/bench/results.md");
+
+# a failure guard only: the tiny run takes about a minute
+my $log = `cd '$repo' && timeout 600 bash bench/run.sh 2>&1`;
+my $rc = $? >> 8;
+is($rc, 0, 'bench/run.sh in tiny mode exits 0')
+    or diag($log);
+
+ok(-s "$out/results.md", 'results.md written to BENCH_OUT');
+
+my $json = slurp("$out/results.json");
+my $run = $json ? decode_json($json)->{results} : {};
+
+my @modes = qw(unpinned pinned);
+# mode (c) exists only where the module knows ffi_runtime_cpus
+my $inherit = $log =~ /ffi_runtime_cpus inherit: measured/;
+like($log, qr/ffi_runtime_cpus inherit: (measured|skipped)/,
+     'the harness says whether it measures ffi_runtime_cpus inherit');
+push @modes, 'inherit' if $inherit;
+
+for my $mode (@modes) {
+    for my $way (@ways) {
+        next if $way eq 'lua';
+        for my $size (512, 102400) {
+            my @r = grep { $_->{config} eq $mode && $_->{way} eq $way
+                           && $_->{size} == $size } @{$run->{seq} || []};
+            ok(@r == 1 && $r[0]{us} > 0,
+               "sequential $mode $way $size B measured");
+        }
+    }
+    for my $way (@ways) {
+        for my $conns (32, 256) {
+            my @r = grep { $_->{config} eq $mode && $_->{way} eq $way
+                           && $_->{conns} == $conns } @{$run->{wrk} || []};
+            ok(@r == 1 && $r[0]{requests} > 0
+               && $r[0]{errors} + $r[0]{non2xx} == 0,
+               "wrk $mode $way c$conns: requests, none failed");
+        }
+    }
+}
+
+ok($run->{reload} && $run->{reload}{lost} == 0,
+   'reloads under load, none lost');
+ok($run->{memory} && $run->{memory}{after_reloads2} > 0, 'memory measured');
+
+my $md = slurp("$out/results.md") // '';
+for my $target (
+    qr/sequential 512 B, .*ffi C >= 10x uds C/,
+    qr/sequential 100 KB, .*ffi C >= 8x uds C/,
+    qr/wrk c32, .*ffi C >= 90% of pure Lua/,
+    qr/wrk c32, .*ffi Go >= 85% of pure Lua/,
+    qr/wrk c32, .*ffi Go >= 2x uds Go/,
+    qr/wrk c32, .*ffi Python >= 2x uds Python/,
+    qr/reload: 200 within 5 ms \(median\)/,
+    qr/reload: no request lost/,
+    qr/memory: RSS flat/,
+    qr/metrics zone/)
+{
+    like($md, $target, "results.md has the target $target");
+}
+
+# the repository's own report is not touched by a smoke run
+ok(defined $report_before
+   && slurp("$repo/bench/results.md") eq $report_before,
+   'bench/results.md unchanged');
+
+done_testing();
