@@ -654,6 +654,7 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     }
 
     ngx_memcpy(&v->hash, v->sha256, sizeof(v->hash));
+    v->size = size;
     v->pin_reason = info.pin_reason;
     ngx_memcpy(v->build_id, info.build_id, sizeof(v->build_id));
 

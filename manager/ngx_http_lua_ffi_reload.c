@@ -121,6 +121,8 @@ struct ngx_http_lua_ffi_op_s {
     ngx_str_t                         name;
     u_char                            name_buf[NGX_HTTP_LUA_FFI_NAMELEN];
     ngx_uint_t                        flags;
+    ngx_uint_t                        target;    /* rollback: 0 previous */
+    ngx_uint_t                        rolled_back_to;
 };
 
 
@@ -138,6 +140,14 @@ static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_turn(
     ngx_http_lua_ffi_op_t *op);
 static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_check(
     ngx_http_lua_ffi_op_t *op);
+static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_check_rollback(
+    ngx_http_lua_ffi_op_t *op);
+static ngx_int_t ngx_http_lua_ffi_op_start(ngx_str_t *name,
+    ngx_uint_t flags, ngx_uint_t target,
+    ngx_http_lua_ffi_reload_done_pt done, void *data);
+static ngx_uint_t ngx_http_lua_ffi_op_how(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_op_refusal(ngx_http_lua_ffi_op_t *op,
+    ngx_int_t status);
 static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_acks(
     ngx_http_lua_ffi_op_t *op);
 static ngx_int_t ngx_http_lua_ffi_op_trial(ngx_http_lua_ffi_op_t *op,
@@ -283,6 +293,31 @@ ngx_int_t
 ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     ngx_http_lua_ffi_reload_done_pt done, void *data)
 {
+    return ngx_http_lua_ffi_op_start(name, flags, 0, done, data);
+}
+
+
+/*
+ * POST /ffi/rollback: the same operation, whose CHECK takes a version kept
+ * in the history instead of reading the file (version 0: the previous one).
+ *
+ * Canary reloads (issue 15 item 3) plug in here: a library in canary has
+ * its canary retired instead, before any operation starts.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_rollback_start(ngx_str_t *name, ngx_uint_t version,
+    ngx_http_lua_ffi_reload_done_pt done, void *data)
+{
+    return ngx_http_lua_ffi_op_start(name, NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK,
+                                     version, done, data);
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_op_start(ngx_str_t *name, ngx_uint_t flags,
+    ngx_uint_t target, ngx_http_lua_ffi_reload_done_pt done, void *data)
+{
     ngx_http_lua_ffi_op_t  *op;
 
     if (ngx_http_lua_ffi_shm == NULL) {
@@ -308,6 +343,7 @@ ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     op->timer.cancelable = 0;
     op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
     op->flags = flags;
+    op->target = target;
     op->name.data = op->name_buf;
     op->name.len = ngx_min(name->len, NGX_HTTP_LUA_FFI_NAMELEN - 1);
     ngx_memcpy(op->name_buf, name->data, op->name.len);
@@ -549,6 +585,10 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     ngx_pid_t                    old_pid;
     u_char                       ident[96], old_ident[96];
 
+    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK) {
+        return ngx_http_lua_ffi_op_check_rollback(op);
+    }
+
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
     sl = &sh->libs[op->lib];
@@ -657,6 +697,76 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
             op->trial_failed = 1;
             return NGX_HTTP_LUA_FFI_E_REFUSED;
         }
+    }
+
+    return NGX_HTTP_LUA_FFI_E_CHECKED;
+}
+
+
+/*
+ * CHECK of a rollback: the version comes from the history, with its kept
+ * copy; the file on disk is not read (it may be the broken one). The rest
+ * is a reload's: the same image restarts its runtimes, another image is
+ * tried first, and one that cannot be unloaded is 409. The copy's bytes
+ * are checked against its SHA-256 again wherever it is mapped.
+ */
+
+static ngx_http_lua_ffi_revent_e
+ngx_http_lua_ffi_op_check_rollback(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_int_t                    rc;
+    ngx_str_t                    path;
+    ngx_http_lua_ffi_shm_lib_t  *sl;
+    ngx_http_lua_ffi_version_t   cur;
+    u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    sl = &ngx_http_lua_ffi_shm->libs[op->lib];
+    cur = sl->current;
+    path.len = ngx_strlen(sl->path);
+    path.data = ngx_cpymem(path_buf, sl->path, path.len + 1) - path.len - 1;
+
+    rc = ngx_http_lua_ffi_history_pick_locked(sl, op->target, &op->v,
+                                              op->err,
+                                              NGX_HTTP_LUA_FFI_ERRLEN);
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    op->old_version = cur.version;
+    op->old = cur;
+
+    if (rc != NGX_OK) {
+        op->status = rc;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
+    op->rolled_back_to = op->v.version;
+    op->changed = (op->v.hash != cur.hash);
+
+    if (!op->changed) {
+        op->v = cur;
+
+    } else if (cur.pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE
+               || op->v.pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE)
+    {
+        ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN,
+                     "version %ui of \"%V\" is another image, and it "
+                     "cannot be unloaded (it needs the %s runtime): restart "
+                     "nginx to load it%Z", op->rolled_back_to, &path,
+                     ngx_http_lua_ffi_pin_reason_name(
+                         cur.pin_reason ? cur.pin_reason
+                                        : op->v.pin_reason));
+        op->status = NGX_HTTP_CONFLICT;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
+    op->v.version = cur.version + 1;
+
+    if (op->changed && ngx_http_lua_ffi_op_trial(op, &path) != NGX_OK) {
+        op->status = NGX_HTTP_UNPROCESSABLE_ENTITY;
+        op->trial_failed = 1;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
     return NGX_HTTP_LUA_FFI_E_CHECKED;
@@ -856,9 +966,59 @@ ngx_http_lua_ffi_op_count(ngx_http_lua_ffi_op_t *op,
 
     sl = &ngx_http_lua_ffi_shm->libs[op->lib];
 
+    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK) {
+        ngx_http_lua_ffi_metrics_rollback(sl->path, sl->names[0], outcome,
+                                          outcome == NGX_HTTP_LUA_FFI_RELOAD_OK
+                                          ? op->v.version : 0);
+        return;
+    }
+
     ngx_http_lua_ffi_metrics_reload(sl->path, sl->names[0], outcome,
                                     outcome == NGX_HTTP_LUA_FFI_RELOAD_OK
                                     ? op->v.version : 0);
+}
+
+
+/* ---- the history's hooks (ngx_http_lua_ffi_history.c) ---- */
+
+
+static ngx_uint_t
+ngx_http_lua_ffi_op_how(ngx_http_lua_ffi_op_t *op)
+{
+    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK) {
+        return NGX_HTTP_LUA_FFI_HOW_ROLLBACK;
+    }
+
+    return (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)
+           ? NGX_HTTP_LUA_FFI_HOW_DROP : NGX_HTTP_LUA_FFI_HOW_ADMIN;
+}
+
+
+/*
+ * A refusal of something that was tried: a file or a kept version that
+ * was refused (409, 422). An unknown library, a version that is not in
+ * the history, "unchanged" and "busy" tried nothing.
+ */
+
+static void
+ngx_http_lua_ffi_op_refusal(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
+{
+    ngx_http_lua_ffi_version_t  v;
+
+    if (!op->known
+        || (status != NGX_HTTP_CONFLICT
+            && status != NGX_HTTP_UNPROCESSABLE_ENTITY)
+        || ((op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK)
+            && op->rolled_back_to == 0))
+    {
+        return;
+    }
+
+    v = op->v;
+    v.version = 0;
+
+    ngx_http_lua_ffi_history_record(op->lib, &v, ngx_http_lua_ffi_op_how(op),
+                                    op->rolled_back_to, status, op->err);
 }
 
 
@@ -880,14 +1040,29 @@ ngx_http_lua_ffi_act_busy(ngx_http_lua_ffi_op_t *op)
 static void
 ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
 {
-    ngx_uint_t  failed;
+    ngx_uint_t  failed, unknown;
+
+    /* a rollback to a version the history does not have tried nothing */
+    unknown = ((op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK)
+               && op->state == NGX_HTTP_LUA_FFI_R_CHECK
+               && op->rolled_back_to == 0);
 
     failed = (op->status != NGX_HTTP_NOT_MODIFIED
               && op->status != NGX_HTTP_NOT_FOUND
-              && op->status != NGX_HTTP_SERVICE_UNAVAILABLE);
+              && op->status != NGX_HTTP_SERVICE_UNAVAILABLE
+              && !unknown);
 
-    if (op->status != NGX_HTTP_NOT_FOUND) {
+    if (op->status != NGX_HTTP_NOT_FOUND
+        || op->state == NGX_HTTP_LUA_FFI_R_CHECK)
+    {
         ngx_http_lua_ffi_release(op, failed, 1);
+    }
+
+    if (unknown) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: rollback of "
+                      "\"%V\" refused: %s", &op->name, op->err);
+        ngx_http_lua_ffi_op_error(op, op->status, op->err);
+        return;
     }
 
     if (op->status == NGX_HTTP_NOT_MODIFIED) {
@@ -903,6 +1078,7 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
                                   : op->trial_failed
                                     ? NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL
                                     : NGX_HTTP_LUA_FFI_RELOAD_REFUSED_FILE);
+    ngx_http_lua_ffi_op_refusal(op, op->status);
 
     ngx_http_lua_ffi_op_error(op, op->status, op->err);
 }
@@ -919,6 +1095,11 @@ static void
 ngx_http_lua_ffi_act_commit(ngx_http_lua_ffi_op_t *op)
 {
     ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_COMMIT, op);
+
+    /* v is current from here on, whether every worker confirms or not */
+    ngx_http_lua_ffi_history_record(op->lib, &op->v,
+                                    ngx_http_lua_ffi_op_how(op),
+                                    op->rolled_back_to, NGX_HTTP_OK, NULL);
 }
 
 
@@ -960,6 +1141,11 @@ ngx_http_lua_ffi_op_body(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
                      op->changed ? "true" : "false",
                      status == NGX_HTTP_OK ? "true" : "false");
 
+    if (op->rolled_back_to) {
+        p = ngx_slprintf(p, last, ",\"rolled_back_to\":%ui",
+                         op->rolled_back_to);
+    }
+
     if (status != NGX_HTTP_OK) {
         p = ngx_slprintf(p, last - 8, ",\"unconfirmed\":%s,\"error\":",
                          op->silent_json);
@@ -978,8 +1164,11 @@ static void
 ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op)
 {
     if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
-        /* every worker that maps the old copy already has it mapped */
-        ngx_http_lua_ffi_shadow_remove(&op->old);
+        /*
+         * every worker that maps the old copy already has it mapped; it
+         * stays while the history keeps the old version, for a rollback
+         */
+        ngx_http_lua_ffi_history_release(op->lib, &op->old);
     }
 
     ngx_http_lua_ffi_release(op, 0, 1);
@@ -1027,12 +1216,14 @@ static void
 ngx_http_lua_ffi_act_aborted(ngx_http_lua_ffi_op_t *op)
 {
     if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
-        ngx_http_lua_ffi_shadow_remove(&op->v);
+        /* a rollback's copy is the history's: it stays */
+        ngx_http_lua_ffi_history_release(op->lib, &op->v);
     }
 
     ngx_http_lua_ffi_release(op, 1, 1);
 
     ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE);
+    ngx_http_lua_ffi_op_refusal(op, NGX_HTTP_UNPROCESSABLE_ENTITY);
     ngx_http_lua_ffi_op_error(op, NGX_HTTP_UNPROCESSABLE_ENTITY, op->err);
 }
 

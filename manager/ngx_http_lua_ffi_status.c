@@ -270,10 +270,12 @@ ngx_http_lua_ffi_status_libraries(u_char *p, u_char *last)
             p = ngx_slprintf(p, last, "null");
         }
 
-        p = ngx_slprintf(p, last, ",\"reloading\":%s}",
+        p = ngx_slprintf(p, last, ",\"reloading\":%s,\"history\":",
                          (sh->owner && sh->lib == i
                           && ngx_http_lua_ffi_shm_alive(sh->owner))
                          ? "true" : "false");
+        p = ngx_http_lua_ffi_history_json(p, last, sl);
+        p = ngx_slprintf(p, last, "}");
     }
 
     return ngx_slprintf(p, last, "]");
