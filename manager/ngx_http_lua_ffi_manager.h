@@ -50,6 +50,8 @@ ngx_int_t ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
     size_t errlen);
 void ngx_http_lua_ffi_shadow_remove(ngx_http_lua_ffi_version_t *v);
+ngx_int_t ngx_http_lua_ffi_shadow_copy(ngx_http_lua_ffi_version_t *from,
+    ngx_http_lua_ffi_version_t *to, u_char *err, size_t errlen);
 ngx_http_lua_ffi_image_t *ngx_http_lua_ffi_image_open(
     ngx_http_lua_ffi_library_t *lib, ngx_http_lua_ffi_version_t *v,
     u_char *err, size_t errlen);

@@ -704,11 +704,12 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
 
 
 /*
- * CHECK of a rollback: the version comes from the history, with its kept
+ * CHECK of a rollback: the version comes from the history, from its kept
  * copy; the file on disk is not read (it may be the broken one). The rest
- * is a reload's: the same image restarts its runtimes, another image is
- * tried first, and one that cannot be unloaded is 409. The copy's bytes
- * are checked against its SHA-256 again wherever it is mapped.
+ * is a reload's: the same image restarts its runtimes; another image gets
+ * a copy of its own (checked against the version's SHA-256 again, as it
+ * is wherever it is mapped) and is tried first; one that cannot be
+ * unloaded is 409.
  */
 
 static ngx_http_lua_ffi_revent_e
@@ -717,7 +718,7 @@ ngx_http_lua_ffi_op_check_rollback(ngx_http_lua_ffi_op_t *op)
     ngx_int_t                    rc;
     ngx_str_t                    path;
     ngx_http_lua_ffi_shm_lib_t  *sl;
-    ngx_http_lua_ffi_version_t   cur;
+    ngx_http_lua_ffi_version_t   cur, kept;
     u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
@@ -763,7 +764,22 @@ ngx_http_lua_ffi_op_check_rollback(ngx_http_lua_ffi_op_t *op)
 
     op->v.version = cur.version + 1;
 
-    if (op->changed && ngx_http_lua_ffi_op_trial(op, &path) != NGX_OK) {
+    if (!op->changed) {
+        return NGX_HTTP_LUA_FFI_E_CHECKED;
+    }
+
+    kept = op->v;
+
+    rc = ngx_http_lua_ffi_shadow_copy(&kept, &op->v, op->err,
+                                      NGX_HTTP_LUA_FFI_ERRLEN);
+    if (rc != NGX_OK) {
+        op->status = (rc == NGX_ERROR) ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                       : NGX_HTTP_UNPROCESSABLE_ENTITY;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
+    if (ngx_http_lua_ffi_op_trial(op, &path) != NGX_OK) {
+        ngx_http_lua_ffi_shadow_remove(&op->v);
         op->status = NGX_HTTP_UNPROCESSABLE_ENTITY;
         op->trial_failed = 1;
         return NGX_HTTP_LUA_FFI_E_REFUSED;
@@ -1216,7 +1232,6 @@ static void
 ngx_http_lua_ffi_act_aborted(ngx_http_lua_ffi_op_t *op)
 {
     if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
-        /* a rollback's copy is the history's: it stays */
         ngx_http_lua_ffi_history_release(op->lib, &op->v);
     }
 

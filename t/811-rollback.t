@@ -15,6 +15,7 @@ my $dir = "$root/lib";
 mkdir $dir, 0755;
 my $ver = "$dir/libver.so";
 my $go = "$dir/libgoish.so";
+my $pin = "$dir/libpin.so";
 
 sub file_sha {
     my ($file) = @_;
@@ -51,14 +52,18 @@ sub history {
     return $sl ? $sl->{history} : [];
 }
 
-sub garbage {
+sub garbage_at {
+    my ($to) = @_;
     open my $g, '>', "$dir/bad.tmp" or die;
     print $g "garbage, not a library\n";
     close $g;
-    rename "$dir/bad.tmp", $ver or die;
+    rename "$dir/bad.tmp", $to or die;
 }
 
+sub garbage { garbage_at($ver) }
+
 install(release('v1'), $ver);
+install(release('v1'), $pin);
 
 system("printf 'go1.19' > $dir/buildinfo") == 0 or die;
 for my $v (qw(v1 v2)) {
@@ -76,6 +81,13 @@ location = /v {
         ngx.say(tostring(ok), " ", tostring(res), " ", ngx.worker.pid())
     }
 }
+location = /pin {
+    content_by_lua_block {
+        local rt = assert(ngx.load_ffi("$pin"))
+        local ok, res = rt:call("version")
+        ngx.say(tostring(ok), " ", tostring(res), " ", ngx.worker.pid())
+    }
+}
 location = /go {
     content_by_lua_block {
         local rt = assert(ngx.load_ffi("$go"))
@@ -90,6 +102,7 @@ FFITest::start_nginx(workers => 2, config => $config,
                      init_worker_by_lua_block => <<"LUA");
 assert(ngx.load_ffi("$ver", nil, {unpin = true}))
 assert(ngx.load_ffi("$go"))
+assert(ngx.load_ffi("$pin"))
 ngx.log(ngx.WARN, "loaded")
 LUA
 ok(FFITest::wait_for_log('loaded', 10, 2), 'both workers up');
@@ -225,6 +238,26 @@ is($status, 409, 'Go-like, changed file: reload 409');
 is($status, 200, 'Go-like rollback whatever the file on disk: 200');
 ($seen) = answers('/go', 10);
 is_deeply($seen, { 'true v1' => 10 }, 'Go-like still serves v1');
+
+# --- a pinned library (no unpin): its old image stays mapped, idle; the
+#     rollback still maps a new image of the old bytes, in every worker
+($seen) = answers('/pin', 10);
+is_deeply($seen, { 'true v1' => 10 }, 'pinned library: v1 serves');
+install(release('v2'), $pin);
+($status) = reload($pin);
+is($status, 200, 'pinned library: v2 is version 2');
+garbage_at($pin);
+($status, $json) = rollback($pin);
+is($status, 200, 'pinned library: rollback while v1 stays mapped: 200')
+    or diag(encode_json($json));
+($seen, $pids) = answers('/pin', 40);
+is_deeply($seen, { 'true v1' => 40 }, 'pinned library: v1 answers again');
+is_deeply([sort { $a <=> $b } keys %$pids], \@workers,
+          'pinned library: in both workers');
+($status, $json) = rollback($pin);
+is($status, 200, 'pinned library: and back to version 2: 200');
+($seen) = answers('/pin', 20);
+is_deeply($seen, { 'true v2' => 20 }, 'pinned library: v2 answers again');
 
 ok(FFITest::stop_nginx(), 'nginx quit cleanly');
 
