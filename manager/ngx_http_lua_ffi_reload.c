@@ -902,8 +902,18 @@ ngx_http_lua_ffi_op_acks(ngx_http_lua_ffi_op_t *op)
 static void
 ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
 {
-    ngx_http_lua_ffi_shm_t      *sh = ngx_http_lua_ffi_shm;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
+    ngx_uint_t                         i, ngone;
+    ngx_http_lua_ffi_shm_t            *sh = ngx_http_lua_ffi_shm;
+    ngx_http_lua_ffi_shm_lib_t        *sl;
+    ngx_http_lua_ffi_version_t         gone[2 * NGX_HTTP_LUA_FFI_HISTORY_MAX];
+    ngx_http_lua_ffi_history_entry_t   he;
+
+    ngx_memzero(&he, sizeof(ngx_http_lua_ffi_history_entry_t));
+    he.v = op->v;
+    he.when = ngx_time();
+    he.how = ngx_http_lua_ffi_op_how(op);
+    he.from = op->rolled_back_to;
+    ngone = 0;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
@@ -920,9 +930,19 @@ ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
         sl->reloads++;
         sl->last_reload = ngx_time();
         sl->last_error[0] = '\0';
+
+        /* the history has v as soon as it is current, in the same step */
+        ngx_http_lua_ffi_history_add_locked(sl, &he, gone, &ngone);
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    for (i = 0; i < ngone; i++) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "ffi: version %ui of \"%V\" left the history, its "
+                      "shadow copy goes", gone[i].version, &op->name);
+        ngx_http_lua_ffi_shadow_remove(&gone[i]);
+    }
 
     op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
 
@@ -1111,11 +1131,6 @@ static void
 ngx_http_lua_ffi_act_commit(ngx_http_lua_ffi_op_t *op)
 {
     ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_COMMIT, op);
-
-    /* v is current from here on, whether every worker confirms or not */
-    ngx_http_lua_ffi_history_record(op->lib, &op->v,
-                                    ngx_http_lua_ffi_op_how(op),
-                                    op->rolled_back_to, NGX_HTTP_OK, NULL);
 }
 
 
@@ -1189,10 +1204,19 @@ ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op)
 
     ngx_http_lua_ffi_release(op, 0, 1);
 
-    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                  "ffi: \"%V\" reloaded: version %ui%s",
-                  &op->name, op->v.version,
-                  op->changed ? "" : " (same file, runtimes restarted)");
+    if (op->rolled_back_to) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "ffi: \"%V\" rolled back: version %ui, the bytes of "
+                      "version %ui%s", &op->name, op->v.version,
+                      op->rolled_back_to,
+                      op->changed ? "" : " (same image, runtimes restarted)");
+
+    } else {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "ffi: \"%V\" reloaded: version %ui%s",
+                      &op->name, op->v.version,
+                      op->changed ? "" : " (same file, runtimes restarted)");
+    }
 
     ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_OK);
     ngx_http_lua_ffi_op_body(op, NGX_HTTP_OK);
