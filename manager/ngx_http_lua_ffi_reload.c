@@ -24,11 +24,13 @@
  *   PREPARE   all_ok     COMMIT   current := v; publish COMMIT(v)
  *   PREPARE   failed     ABORT    publish ABORT
  *   PREPARE   deadline   ABORT    publish ABORT (names the silent workers)
- *   COMMIT    all_ok     DONE     200; old shadow removed; owner := 0
+ *   COMMIT    all_ok     DONE     200; old shadow removed unless the
+ *                                 history keeps it; owner := 0
  *   COMMIT    failed     DONE     202 (names the worker, its error)
  *   COMMIT    deadline   DONE     202 (names the workers that did not
  *                                 confirm: they converge when they run)
- *   ABORT     any        DONE     422; new shadow removed; owner := 0
+ *   ABORT     any        DONE     422; new shadow removed (never a kept
+ *                                 one); owner := 0
  *   any       exit       DONE     503; in PREPARE, publish ABORT first
  *
  * "all_ok": every live worker acknowledged the command (a worker is live
@@ -37,6 +39,10 @@
  * per phase. A coordinator killed in any state leaves an owner that is not
  * alive: the next coordinator takes the turn, and every worker drops what
  * it prepared for a reload whose coordinator is gone (below).
+ *
+ * A rollback is the same operation: its CHECK takes a version of the
+ * history (ngx_http_lua_ffi_history.c) instead of reading the file, and
+ * COMMIT records the new version there in the same locked step.
  *
  * A file drop: CHECK records it (drop_ident, drop_pid := this worker); it
  * counts as judged once its reload reaches DONE by any row but "exit"
