@@ -24,7 +24,7 @@ typedef struct {
     ngx_http_lua_ffi_version_t    v;         /* v.version 0: a refusal */
     time_t                        when;
     ngx_uint_t                    how;
-    ngx_uint_t                    from;      /* rollback: version brought back */
+    ngx_uint_t                    from;      /* rollback: the version back */
     ngx_int_t                     status;    /* a refusal's answer */
     u_char                        reason[NGX_HTTP_LUA_FFI_ERRLEN];
 } ngx_http_lua_ffi_history_entry_t;
