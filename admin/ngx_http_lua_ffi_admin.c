@@ -1,7 +1,7 @@
 /*
- * The admin endpoint (`ffi_admin`): POST reload?lib=NAME and GET status,
- * JSON in and out, answering once every worker has done its part; GET
- * metrics (admin/ngx_http_lua_ffi_admin_metrics.c).
+ * The admin endpoint (`ffi_admin`): POST reload?lib=NAME, POST rollback and
+ * GET status, JSON in and out, answering once every worker has done its
+ * part; GET metrics (admin/ngx_http_lua_ffi_admin_metrics.c).
  */
 
 #include "ngx_http_lua_ffi_manager.h"
@@ -13,6 +13,8 @@ static ngx_int_t ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r);
 static void ngx_http_lua_ffi_admin_done(void *data, ngx_int_t status,
     u_char *body, size_t len, u_char *msg);
 static void ngx_http_lua_ffi_admin_cleanup(void *data);
+static ngx_int_t ngx_http_lua_ffi_admin_rollback(ngx_http_request_t *r,
+    ngx_str_t *name);
 
 
 char *
@@ -328,7 +330,9 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
             return ngx_http_lua_ffi_admin_not_allowed(r, "GET, HEAD");
         }
 
-    } else if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_RELOAD) {
+    } else if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_RELOAD
+               || endpoint == NGX_HTTP_LUA_FFI_ADMIN_ROLLBACK)
+    {
         if (r->method != NGX_HTTP_POST) {
             ngx_http_discard_request_body(r);
             return ngx_http_lua_ffi_admin_not_allowed(r, "POST");
@@ -337,7 +341,8 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
     } else {
         ngx_http_discard_request_body(r);
         return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_NOT_FOUND,
-                     "no such admin endpoint: use reload, status or metrics");
+              "no such admin endpoint: use reload, rollback, status or "
+              "metrics");
     }
 
     if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
@@ -391,6 +396,10 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
                                             "bad lib argument");
     }
 
+    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_ROLLBACK) {
+        return ngx_http_lua_ffi_admin_rollback(r, &name);
+    }
+
     r->main->count++;
 
     if (ngx_http_lua_ffi_reload_start(&name, 0, ngx_http_lua_ffi_admin_done,
@@ -400,6 +409,39 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
         r->main->count--;
         return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
                                             "reload is not available");
+    }
+
+    return NGX_DONE;
+}
+
+
+/* POST rollback?lib=NAME[&version=V]: answered as a reload is. */
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_rollback(ngx_http_request_t *r, ngx_str_t *name)
+{
+    int                 rc;
+    unsigned long long  version;
+
+    version = 0;
+    rc = ngx_http_lua_ffi_admin_version_arg(r->args.data, r->args.len,
+                                            &version);
+
+    if (rc == NGX_HTTP_LUA_FFI_ARG_BAD) {
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "bad version argument: a "
+                                            "version number (1, 2, ...)");
+    }
+
+    r->main->count++;
+
+    if (ngx_http_lua_ffi_rollback_start(name, (ngx_uint_t) version,
+                                        ngx_http_lua_ffi_admin_done, r)
+        != NGX_OK)
+    {
+        r->main->count--;
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                            "rollback is not available");
     }
 
     return NGX_DONE;

@@ -9,7 +9,10 @@
 #include "ngx_http_lua_ffi_admin_args.h"
 
 
-/* "reload", "status", "metrics" or none: rel is the path below the location */
+/*
+ * "reload", "status", "metrics", "rollback" or none: rel is the path below
+ * the location
+ */
 
 int
 ngx_http_lua_ffi_admin_endpoint(const unsigned char *rel, size_t len)
@@ -29,6 +32,10 @@ ngx_http_lua_ffi_admin_endpoint(const unsigned char *rel, size_t len)
 
     if (len == 7 && memcmp(rel, "metrics", 7) == 0) {
         return NGX_HTTP_LUA_FFI_ADMIN_METRICS;
+    }
+
+    if (len == 8 && memcmp(rel, "rollback", 8) == 0) {
+        return NGX_HTTP_LUA_FFI_ADMIN_ROLLBACK;
     }
 
     return NGX_HTTP_LUA_FFI_ADMIN_UNKNOWN;
@@ -115,6 +122,57 @@ ngx_http_lua_ffi_admin_lib_arg(const unsigned char *args, size_t len,
 
         out[n] = '\0';
         *outlen = n;
+
+        return NGX_HTTP_LUA_FFI_ARG_OK;
+    }
+
+    return NGX_HTTP_LUA_FFI_ARG_MISSING;
+}
+
+
+/*
+ * The first version=N of a query string: a version number, decimal digits
+ * only, 1 or more. NGX_HTTP_LUA_FFI_ARG_MISSING: no version argument;
+ * NGX_HTTP_LUA_FFI_ARG_BAD: empty, 0, a sign, an escape, anything but
+ * digits, or more than 15 digits.
+ */
+
+int
+ngx_http_lua_ffi_admin_version_arg(const unsigned char *args, size_t len,
+    unsigned long long *version)
+{
+    size_t                n;
+    unsigned long long    v;
+    const unsigned char  *p, *end;
+
+    end = args + len;
+
+    for (p = args; p < end; p++) {
+
+        if (end - p < 8 || memcmp(p, "version=", 8) != 0) {
+            while (p < end && *p != '&') {
+                p++;
+            }
+
+            continue;
+        }
+
+        v = 0;
+        n = 0;
+
+        for (p += 8; p < end && *p != '&'; p++) {
+            if (*p < '0' || *p > '9' || ++n > 15) {
+                return NGX_HTTP_LUA_FFI_ARG_BAD;
+            }
+
+            v = v * 10 + (*p - '0');
+        }
+
+        if (v == 0) {
+            return NGX_HTTP_LUA_FFI_ARG_BAD;
+        }
+
+        *version = v;
 
         return NGX_HTTP_LUA_FFI_ARG_OK;
     }

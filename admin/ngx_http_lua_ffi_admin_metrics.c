@@ -7,7 +7,7 @@
 
 
 #define NGX_HTTP_LUA_FFI_SERIES_BYTES  5120
-#define NGX_HTTP_LUA_FFI_LIB_BYTES     4096
+#define NGX_HTTP_LUA_FFI_LIB_BYTES     8192
 #define NGX_HTTP_LUA_FFI_PROC_BYTES    1024
 
 
@@ -325,6 +325,20 @@ ngx_http_lua_ffi_render_libraries(u_char *p, u_char *last,
             p = ngx_slprintf(p, last, ",%s} %uL\n",
                              ngx_http_lua_ffi_reload_labels[k],
                              sh->libs[i].reloads[k]);
+        }
+    }
+
+    p = ngx_http_lua_ffi_family_head(p, last, "ffi_rollbacks_total",
+              "counter", "Rollbacks (POST /ffi/rollback) of the library by "
+              "how they ended, labelled as ffi_reloads_total.");
+
+    for (i = 0; i < sh->nlibs; i++) {
+        for (k = 0; k < NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES; k++) {
+            p = ngx_slprintf(p, last, "ffi_rollbacks_total{");
+            p = ngx_http_lua_ffi_lib_label(p, last, sh, i);
+            p = ngx_slprintf(p, last, ",%s} %uL\n",
+                             ngx_http_lua_ffi_reload_labels[k],
+                             sh->libs[i].rollbacks[k]);
         }
     }
 

@@ -43,9 +43,10 @@ ngx_http_lua_ffi_fuzz_own_origin(const uint8_t *host, size_t len)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int            rc, ep;
-    size_t         len, split;
-    unsigned char  out[256];
+    int                 rc, ep;
+    size_t              len, split;
+    unsigned char       out[256];
+    unsigned long long  version;
 
     /* the first byte splits the input into a path and a query string */
     split = size ? data[0] % (size) : 0;
@@ -54,7 +55,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (ep != NGX_HTTP_LUA_FFI_ADMIN_UNKNOWN
         && ep != NGX_HTTP_LUA_FFI_ADMIN_RELOAD
         && ep != NGX_HTTP_LUA_FFI_ADMIN_STATUS
-        && ep != NGX_HTTP_LUA_FFI_ADMIN_METRICS)
+        && ep != NGX_HTTP_LUA_FFI_ADMIN_METRICS
+        && ep != NGX_HTTP_LUA_FFI_ADMIN_ROLLBACK)
     {
         abort();
     }
@@ -74,6 +76,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     } else if (rc != NGX_HTTP_LUA_FFI_ARG_MISSING
                && rc != NGX_HTTP_LUA_FFI_ARG_BAD)
+    {
+        abort();
+    }
+
+    /* a version is a positive number of at most 15 digits */
+    version = 0;
+    rc = ngx_http_lua_ffi_admin_version_arg(data + split, size - split,
+                                            &version);
+
+    if ((rc == NGX_HTTP_LUA_FFI_ARG_OK
+         && (version == 0 || version >= 1000000000000000ULL))
+        || (rc != NGX_HTTP_LUA_FFI_ARG_OK
+            && rc != NGX_HTTP_LUA_FFI_ARG_MISSING
+            && rc != NGX_HTTP_LUA_FFI_ARG_BAD))
     {
         abort();
     }

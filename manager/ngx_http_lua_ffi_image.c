@@ -654,6 +654,7 @@ ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     }
 
     ngx_memcpy(&v->hash, v->sha256, sizeof(v->hash));
+    v->size = size;
     v->pin_reason = info.pin_reason;
     ngx_memcpy(v->build_id, info.build_id, sizeof(v->build_id));
 
@@ -758,6 +759,94 @@ ngx_http_lua_ffi_shadow_open(ngx_http_lua_ffi_version_t *v, u_char *err,
     }
 
     return fd;
+}
+
+
+/*
+ * A rollback's own copy of a version the history kept: its bytes read once
+ * from the kept copy (opened and proven as for mapping), their SHA-256
+ * compared with the version's again, written to a new name. A copy of its
+ * own makes the rollback a new image, as a reload's new file is: the kept
+ * copy may still be mapped here (draining, or pinned and idle), and glibc
+ * would hand back that mapping for the same inode, runtimes, globals and
+ * all.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_shadow_copy(ngx_http_lua_ffi_version_t *from,
+    ngx_http_lua_ffi_version_t *to, u_char *err, size_t errlen)
+{
+    int          fd;
+    u_char      *data, *base, *dot;
+    u_char       md[NGX_HTTP_LUA_FFI_SHA256_LEN];
+    u_char       name[NAME_MAX + 1];
+    size_t       left;
+    ssize_t      n;
+    ngx_int_t    rc;
+    struct stat  st;
+
+    fd = ngx_http_lua_ffi_shadow_open(from, err, errlen);
+    if (fd == -1) {
+        return NGX_DECLINED;
+    }
+
+    if (fstat(fd, &st) == -1) {
+        ngx_snprintf(err, errlen, "fstat(\"%s\") failed: %s%Z", from->shadow,
+                     strerror(errno));
+        (void) close(fd);
+        return NGX_ERROR;
+    }
+
+    data = ngx_alloc(st.st_size ? st.st_size : 1, ngx_cycle->log);
+    if (data == NULL) {
+        (void) close(fd);
+        ngx_snprintf(err, errlen, "no memory%Z");
+        return NGX_ERROR;
+    }
+
+    for (left = st.st_size; left; left -= n) {
+        n = pread(fd, data + (st.st_size - left), left, st.st_size - left);
+
+        if (n == -1 && errno == EINTR) {
+            n = 0;
+            continue;
+        }
+
+        if (n <= 0) {
+            break;
+        }
+    }
+
+    (void) close(fd);
+
+    if (left
+        || ngx_http_lua_ffi_sha256(data, st.st_size, md) != NGX_OK
+        || ngx_memcmp(md, from->sha256, sizeof(md)) != 0)
+    {
+        ngx_snprintf(err, errlen, "shadow copy \"%s\" is not the file that "
+                     "was checked (SHA-256 differs): not copied%Z",
+                     from->shadow);
+        ngx_free(data);
+        return NGX_DECLINED;
+    }
+
+    /* the new name starts as the kept one did: the library's file name */
+    base = ngx_http_lua_ffi_shadow_base(from->shadow);
+    *ngx_cpystrn(name, base, sizeof(name)) = '\0';
+    dot = (u_char *) strrchr((char *) name, '.');
+
+    if (dot && dot != name) {
+        *dot = '\0';
+    }
+
+    *to = *from;
+
+    rc = ngx_http_lua_ffi_write_copy(name, data, st.st_size, to->shadow, err,
+                                     errlen);
+
+    ngx_free(data);
+
+    return rc;
 }
 
 

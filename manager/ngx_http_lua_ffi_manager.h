@@ -26,6 +26,7 @@ typedef struct {
     ngx_uint_t        version;
     uint64_t          hash;        /* sha256's first 8 bytes, for equality */
     u_char            sha256[NGX_HTTP_LUA_FFI_SHA256_LEN];  /* checked bytes */
+    off_t             size;        /* of those bytes */
     int               pin_reason;
     char              build_id[41];
     u_char            shadow[NGX_HTTP_LUA_FFI_PATHLEN];
@@ -49,6 +50,8 @@ ngx_int_t ngx_http_lua_ffi_shadow_create(ngx_str_t *path,
     ngx_http_lua_ffi_version_t *v, ngx_uint_t strict, u_char *err,
     size_t errlen);
 void ngx_http_lua_ffi_shadow_remove(ngx_http_lua_ffi_version_t *v);
+ngx_int_t ngx_http_lua_ffi_shadow_copy(ngx_http_lua_ffi_version_t *from,
+    ngx_http_lua_ffi_version_t *to, u_char *err, size_t errlen);
 ngx_http_lua_ffi_image_t *ngx_http_lua_ffi_image_open(
     ngx_http_lua_ffi_library_t *lib, ngx_http_lua_ffi_version_t *v,
     u_char *err, size_t errlen);
@@ -95,9 +98,12 @@ typedef void (*ngx_http_lua_ffi_reload_done_pt)(void *data, ngx_int_t status,
 
 #define NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED  0x1   /* else 304, no reload */
 #define NGX_HTTP_LUA_FFI_RELOAD_STRICT      0x2   /* file ownership rules */
+#define NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK    0x4   /* a version of the history */
 
 ngx_int_t ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     ngx_http_lua_ffi_reload_done_pt done, void *data);
+ngx_int_t ngx_http_lua_ffi_rollback_start(ngx_str_t *name,
+    ngx_uint_t version, ngx_http_lua_ffi_reload_done_pt done, void *data);
 void ngx_http_lua_ffi_shm_note_drop(ngx_str_t *path, u_char *event,
     u_char *outcome);
 ngx_uint_t ngx_http_lua_ffi_shm_set_watched(ngx_str_t *path);

@@ -13,6 +13,9 @@ static ngx_int_t ngx_http_lua_ffi_metrics_zone_init(ngx_shm_zone_t *zone,
     void *data);
 static void ngx_http_lua_ffi_metrics_refresh(void);
 static void ngx_http_lua_ffi_metrics_timer(ngx_event_t *ev);
+static void ngx_http_lua_ffi_metrics_operation(u_char *path, u_char *name,
+    ngx_http_lua_ffi_reload_outcome_e outcome, ngx_uint_t version,
+    ngx_uint_t rollback);
 
 
 static ngx_str_t  ngx_http_lua_ffi_metrics_zone_name =
@@ -438,6 +441,25 @@ void
 ngx_http_lua_ffi_metrics_reload(u_char *path, u_char *name,
     ngx_http_lua_ffi_reload_outcome_e outcome, ngx_uint_t version)
 {
+    ngx_http_lua_ffi_metrics_operation(path, name, outcome, version, 0);
+}
+
+
+/* A rollback is a reload to a kept version: ffi_rollbacks_total. */
+
+void
+ngx_http_lua_ffi_metrics_rollback(u_char *path, u_char *name,
+    ngx_http_lua_ffi_reload_outcome_e outcome, ngx_uint_t version)
+{
+    ngx_http_lua_ffi_metrics_operation(path, name, outcome, version, 1);
+}
+
+
+static void
+ngx_http_lua_ffi_metrics_operation(u_char *path, u_char *name,
+    ngx_http_lua_ffi_reload_outcome_e outcome, ngx_uint_t version,
+    ngx_uint_t rollback)
+{
     ngx_int_t                        lib;
     ngx_http_lua_ffi_metrics_lib_t  *ml;
 
@@ -451,7 +473,13 @@ ngx_http_lua_ffi_metrics_reload(u_char *path, u_char *name,
 
     if (lib != NGX_ERROR) {
         ml = &ngx_http_lua_ffi_metrics_sh->libs[lib];
-        ml->reloads[outcome]++;
+
+        if (rollback) {
+            ml->rollbacks[outcome]++;
+
+        } else {
+            ml->reloads[outcome]++;
+        }
 
         if (outcome == NGX_HTTP_LUA_FFI_RELOAD_OK) {
             ml->version = version;

@@ -64,6 +64,7 @@ typedef struct {
     time_t                        last_reload;
     uint64_t                      reloads[NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES];
     uint64_t                      drops[NGX_HTTP_LUA_FFI_DROP_OUTCOMES];
+    uint64_t                      rollbacks[NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES];
     ngx_http_lua_ffi_counters_t   retired;   /* of slots reclaimed */
     ngx_uint_t                    has_retired;
 } ngx_http_lua_ffi_metrics_lib_t;
@@ -95,6 +96,8 @@ ngx_http_lua_ffi_series_t *ngx_http_lua_ffi_metrics_attach(
 void ngx_http_lua_ffi_metrics_detach(ngx_http_lua_ffi_series_t *s);
 
 void ngx_http_lua_ffi_metrics_reload(u_char *path, u_char *name,
+    ngx_http_lua_ffi_reload_outcome_e outcome, ngx_uint_t version);
+void ngx_http_lua_ffi_metrics_rollback(u_char *path, u_char *name,
     ngx_http_lua_ffi_reload_outcome_e outcome, ngx_uint_t version);
 void ngx_http_lua_ffi_metrics_drop(ngx_str_t *path, ngx_int_t status);
 

@@ -24,11 +24,13 @@
  *   PREPARE   all_ok     COMMIT   current := v; publish COMMIT(v)
  *   PREPARE   failed     ABORT    publish ABORT
  *   PREPARE   deadline   ABORT    publish ABORT (names the silent workers)
- *   COMMIT    all_ok     DONE     200; old shadow removed; owner := 0
+ *   COMMIT    all_ok     DONE     200; old shadow removed unless the
+ *                                 history keeps it; owner := 0
  *   COMMIT    failed     DONE     202 (names the worker, its error)
  *   COMMIT    deadline   DONE     202 (names the workers that did not
  *                                 confirm: they converge when they run)
- *   ABORT     any        DONE     422; new shadow removed; owner := 0
+ *   ABORT     any        DONE     422; new shadow removed (never a kept
+ *                                 one); owner := 0
  *   any       exit       DONE     503; in PREPARE, publish ABORT first
  *
  * "all_ok": every live worker acknowledged the command (a worker is live
@@ -37,6 +39,10 @@
  * per phase. A coordinator killed in any state leaves an owner that is not
  * alive: the next coordinator takes the turn, and every worker drops what
  * it prepared for a reload whose coordinator is gone (below).
+ *
+ * A rollback is the same operation: its CHECK takes a version of the
+ * history (ngx_http_lua_ffi_history.c) instead of reading the file, and
+ * COMMIT records the new version there in the same locked step.
  *
  * A file drop: CHECK records it (drop_ident, drop_pid := this worker); it
  * counts as judged once its reload reaches DONE by any row but "exit"
@@ -121,6 +127,8 @@ struct ngx_http_lua_ffi_op_s {
     ngx_str_t                         name;
     u_char                            name_buf[NGX_HTTP_LUA_FFI_NAMELEN];
     ngx_uint_t                        flags;
+    ngx_uint_t                        target;    /* rollback: 0 previous */
+    ngx_uint_t                        rolled_back_to;
 };
 
 
@@ -138,6 +146,14 @@ static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_turn(
     ngx_http_lua_ffi_op_t *op);
 static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_check(
     ngx_http_lua_ffi_op_t *op);
+static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_check_rollback(
+    ngx_http_lua_ffi_op_t *op);
+static ngx_int_t ngx_http_lua_ffi_op_start(ngx_str_t *name,
+    ngx_uint_t flags, ngx_uint_t target,
+    ngx_http_lua_ffi_reload_done_pt done, void *data);
+static ngx_uint_t ngx_http_lua_ffi_op_how(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_op_refusal(ngx_http_lua_ffi_op_t *op,
+    ngx_int_t status);
 static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_acks(
     ngx_http_lua_ffi_op_t *op);
 static ngx_int_t ngx_http_lua_ffi_op_trial(ngx_http_lua_ffi_op_t *op,
@@ -283,6 +299,31 @@ ngx_int_t
 ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     ngx_http_lua_ffi_reload_done_pt done, void *data)
 {
+    return ngx_http_lua_ffi_op_start(name, flags, 0, done, data);
+}
+
+
+/*
+ * POST /ffi/rollback: the same operation, whose CHECK takes a version kept
+ * in the history instead of reading the file (version 0: the previous one).
+ *
+ * Canary reloads (issue 15 item 3) plug in here: a library in canary has
+ * its canary retired instead, before any operation starts.
+ */
+
+ngx_int_t
+ngx_http_lua_ffi_rollback_start(ngx_str_t *name, ngx_uint_t version,
+    ngx_http_lua_ffi_reload_done_pt done, void *data)
+{
+    return ngx_http_lua_ffi_op_start(name, NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK,
+                                     version, done, data);
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_op_start(ngx_str_t *name, ngx_uint_t flags,
+    ngx_uint_t target, ngx_http_lua_ffi_reload_done_pt done, void *data)
+{
     ngx_http_lua_ffi_op_t  *op;
 
     op = ngx_http_lua_ffi_shm_op_alloc(sizeof(ngx_http_lua_ffi_op_t));
@@ -303,6 +344,7 @@ ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
                                                  ngx_http_lua_ffi_op_timer,
                                                  op, 0);
     op->flags = flags;
+    op->target = target;
     op->name.data = op->name_buf;
     op->name.len = ngx_min(name->len, NGX_HTTP_LUA_FFI_NAMELEN - 1);
     ngx_memcpy(op->name_buf, name->data, op->name.len);
@@ -544,6 +586,10 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     ngx_pid_t                    old_pid;
     u_char                       ident[96], old_ident[96];
 
+    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK) {
+        return ngx_http_lua_ffi_op_check_rollback(op);
+    }
+
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
     sl = &sh->libs[op->lib];
@@ -652,6 +698,92 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
             op->trial_failed = 1;
             return NGX_HTTP_LUA_FFI_E_REFUSED;
         }
+    }
+
+    return NGX_HTTP_LUA_FFI_E_CHECKED;
+}
+
+
+/*
+ * CHECK of a rollback: the version comes from the history, from its kept
+ * copy; the file on disk is not read (it may be the broken one). The rest
+ * is a reload's: the same image restarts its runtimes; another image gets
+ * a copy of its own (checked against the version's SHA-256 again, as it
+ * is wherever it is mapped) and is tried first; one that cannot be
+ * unloaded is 409.
+ */
+
+static ngx_http_lua_ffi_revent_e
+ngx_http_lua_ffi_op_check_rollback(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_int_t                    rc;
+    ngx_str_t                    path;
+    ngx_http_lua_ffi_shm_lib_t  *sl;
+    ngx_http_lua_ffi_version_t   cur, kept;
+    u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    sl = &ngx_http_lua_ffi_shm->libs[op->lib];
+    cur = sl->current;
+    path.len = ngx_strlen(sl->path);
+    path.data = ngx_cpymem(path_buf, sl->path, path.len + 1) - path.len - 1;
+
+    rc = ngx_http_lua_ffi_history_pick_locked(sl, op->target, &op->v,
+                                              op->err,
+                                              NGX_HTTP_LUA_FFI_ERRLEN);
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    op->old_version = cur.version;
+    op->old = cur;
+
+    if (rc != NGX_OK) {
+        op->status = rc;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
+    op->rolled_back_to = op->v.version;
+    op->changed = (op->v.hash != cur.hash);
+
+    if (!op->changed) {
+        op->v = cur;
+
+    } else if (cur.pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE
+               || op->v.pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE)
+    {
+        ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN,
+                     "version %ui of \"%V\" is another image, and it "
+                     "cannot be unloaded (it needs the %s runtime): restart "
+                     "nginx to load it%Z", op->rolled_back_to, &path,
+                     ngx_http_lua_ffi_pin_reason_name(
+                         cur.pin_reason ? cur.pin_reason
+                                        : op->v.pin_reason));
+        op->status = NGX_HTTP_CONFLICT;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
+    op->v.version = cur.version + 1;
+
+    if (!op->changed) {
+        return NGX_HTTP_LUA_FFI_E_CHECKED;
+    }
+
+    kept = op->v;
+
+    rc = ngx_http_lua_ffi_shadow_copy(&kept, &op->v, op->err,
+                                      NGX_HTTP_LUA_FFI_ERRLEN);
+    if (rc != NGX_OK) {
+        op->status = (rc == NGX_ERROR) ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                       : NGX_HTTP_UNPROCESSABLE_ENTITY;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
+    if (ngx_http_lua_ffi_op_trial(op, &path) != NGX_OK) {
+        ngx_http_lua_ffi_shadow_remove(&op->v);
+        op->status = NGX_HTTP_UNPROCESSABLE_ENTITY;
+        op->trial_failed = 1;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
     return NGX_HTTP_LUA_FFI_E_CHECKED;
@@ -771,8 +903,18 @@ ngx_http_lua_ffi_op_acks(ngx_http_lua_ffi_op_t *op)
 static void
 ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
 {
-    ngx_http_lua_ffi_shm_t      *sh = ngx_http_lua_ffi_shm;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
+    ngx_uint_t                         i, ngone;
+    ngx_http_lua_ffi_shm_t            *sh = ngx_http_lua_ffi_shm;
+    ngx_http_lua_ffi_shm_lib_t        *sl;
+    ngx_http_lua_ffi_version_t         gone[2 * NGX_HTTP_LUA_FFI_HISTORY_MAX];
+    ngx_http_lua_ffi_history_entry_t   he;
+
+    ngx_memzero(&he, sizeof(ngx_http_lua_ffi_history_entry_t));
+    he.v = op->v;
+    he.when = ngx_time();
+    he.how = ngx_http_lua_ffi_op_how(op);
+    he.from = op->rolled_back_to;
+    ngone = 0;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
@@ -789,9 +931,19 @@ ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
         sl->reloads++;
         sl->last_reload = ngx_time();
         sl->last_error[0] = '\0';
+
+        /* the history has v as soon as it is current, in the same step */
+        ngx_http_lua_ffi_history_add_locked(sl, &he, gone, &ngone);
     }
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    for (i = 0; i < ngone; i++) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "ffi: version %ui of \"%V\" left the history, its "
+                      "shadow copy goes", gone[i].version, &op->name);
+        ngx_http_lua_ffi_shadow_remove(&gone[i]);
+    }
 
     op->deadline = ngx_current_msec + ngx_http_lua_ffi_fmcf->reload_timeout;
 
@@ -851,9 +1003,59 @@ ngx_http_lua_ffi_op_count(ngx_http_lua_ffi_op_t *op,
 
     sl = &ngx_http_lua_ffi_shm->libs[op->lib];
 
+    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK) {
+        ngx_http_lua_ffi_metrics_rollback(sl->path, sl->names[0], outcome,
+                                          outcome == NGX_HTTP_LUA_FFI_RELOAD_OK
+                                          ? op->v.version : 0);
+        return;
+    }
+
     ngx_http_lua_ffi_metrics_reload(sl->path, sl->names[0], outcome,
                                     outcome == NGX_HTTP_LUA_FFI_RELOAD_OK
                                     ? op->v.version : 0);
+}
+
+
+/* ---- the history's hooks (ngx_http_lua_ffi_history.c) ---- */
+
+
+static ngx_uint_t
+ngx_http_lua_ffi_op_how(ngx_http_lua_ffi_op_t *op)
+{
+    if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK) {
+        return NGX_HTTP_LUA_FFI_HOW_ROLLBACK;
+    }
+
+    return (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)
+           ? NGX_HTTP_LUA_FFI_HOW_DROP : NGX_HTTP_LUA_FFI_HOW_ADMIN;
+}
+
+
+/*
+ * A refusal of something that was tried: a file or a kept version that
+ * was refused (409, 422). An unknown library, a version that is not in
+ * the history, "unchanged" and "busy" tried nothing.
+ */
+
+static void
+ngx_http_lua_ffi_op_refusal(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
+{
+    ngx_http_lua_ffi_version_t  v;
+
+    if (!op->known
+        || (status != NGX_HTTP_CONFLICT
+            && status != NGX_HTTP_UNPROCESSABLE_ENTITY)
+        || ((op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK)
+            && op->rolled_back_to == 0))
+    {
+        return;
+    }
+
+    v = op->v;
+    v.version = 0;
+
+    ngx_http_lua_ffi_history_record(op->lib, &v, ngx_http_lua_ffi_op_how(op),
+                                    op->rolled_back_to, status, op->err);
 }
 
 
@@ -875,14 +1077,29 @@ ngx_http_lua_ffi_act_busy(ngx_http_lua_ffi_op_t *op)
 static void
 ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
 {
-    ngx_uint_t  failed;
+    ngx_uint_t  failed, unknown;
+
+    /* a rollback to a version the history does not have tried nothing */
+    unknown = ((op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK)
+               && op->state == NGX_HTTP_LUA_FFI_R_CHECK
+               && op->rolled_back_to == 0);
 
     failed = (op->status != NGX_HTTP_NOT_MODIFIED
               && op->status != NGX_HTTP_NOT_FOUND
-              && op->status != NGX_HTTP_SERVICE_UNAVAILABLE);
+              && op->status != NGX_HTTP_SERVICE_UNAVAILABLE
+              && !unknown);
 
-    if (op->status != NGX_HTTP_NOT_FOUND) {
+    if (op->status != NGX_HTTP_NOT_FOUND
+        || op->state == NGX_HTTP_LUA_FFI_R_CHECK)
+    {
         ngx_http_lua_ffi_release(op, failed, 1);
+    }
+
+    if (unknown) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: rollback of "
+                      "\"%V\" refused: %s", &op->name, op->err);
+        ngx_http_lua_ffi_op_error(op, op->status, op->err);
+        return;
     }
 
     if (op->status == NGX_HTTP_NOT_MODIFIED) {
@@ -898,6 +1115,7 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
                                   : op->trial_failed
                                     ? NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL
                                     : NGX_HTTP_LUA_FFI_RELOAD_REFUSED_FILE);
+    ngx_http_lua_ffi_op_refusal(op, op->status);
 
     ngx_http_lua_ffi_op_error(op, op->status, op->err);
 }
@@ -955,6 +1173,11 @@ ngx_http_lua_ffi_op_body(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
                      op->changed ? "true" : "false",
                      status == NGX_HTTP_OK ? "true" : "false");
 
+    if (op->rolled_back_to) {
+        p = ngx_slprintf(p, last, ",\"rolled_back_to\":%ui",
+                         op->rolled_back_to);
+    }
+
     if (status != NGX_HTTP_OK) {
         p = ngx_slprintf(p, last - 8, ",\"unconfirmed\":%s,\"error\":",
                          op->silent_json);
@@ -973,16 +1196,28 @@ static void
 ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op)
 {
     if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
-        /* every worker that maps the old copy already has it mapped */
-        ngx_http_lua_ffi_shadow_remove(&op->old);
+        /*
+         * every worker that maps the old copy already has it mapped; it
+         * stays while the history keeps the old version, for a rollback
+         */
+        ngx_http_lua_ffi_history_release(op->lib, &op->old);
     }
 
     ngx_http_lua_ffi_release(op, 0, 1);
 
-    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                  "ffi: \"%V\" reloaded: version %ui%s",
-                  &op->name, op->v.version,
-                  op->changed ? "" : " (same file, runtimes restarted)");
+    if (op->rolled_back_to) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "ffi: \"%V\" rolled back: version %ui, the bytes of "
+                      "version %ui%s", &op->name, op->v.version,
+                      op->rolled_back_to,
+                      op->changed ? "" : " (same image, runtimes restarted)");
+
+    } else {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "ffi: \"%V\" reloaded: version %ui%s",
+                      &op->name, op->v.version,
+                      op->changed ? "" : " (same file, runtimes restarted)");
+    }
 
     ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_OK);
     ngx_http_lua_ffi_op_body(op, NGX_HTTP_OK);
@@ -1022,12 +1257,13 @@ static void
 ngx_http_lua_ffi_act_aborted(ngx_http_lua_ffi_op_t *op)
 {
     if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
-        ngx_http_lua_ffi_shadow_remove(&op->v);
+        ngx_http_lua_ffi_history_release(op->lib, &op->v);
     }
 
     ngx_http_lua_ffi_release(op, 1, 1);
 
     ngx_http_lua_ffi_op_count(op, NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE);
+    ngx_http_lua_ffi_op_refusal(op, NGX_HTTP_UNPROCESSABLE_ENTITY);
     ngx_http_lua_ffi_op_error(op, NGX_HTTP_UNPROCESSABLE_ENTITY, op->err);
 }
 

@@ -310,6 +310,7 @@ ngx_http_lua_ffi_shm_reclaim_locked(void)
             continue;
         }
 
+        ngx_http_lua_ffi_history_forget_locked(sl);
         ngx_http_lua_ffi_shadow_remove(&sl->current);
 
         for (j = 0; j < sl->ncfgs; j++) {
@@ -335,8 +336,10 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
 {
     ngx_int_t                    i, rc;
     ngx_uint_t                   j;
-    ngx_http_lua_ffi_shm_lib_t  *sl;
-    ngx_http_lua_ffi_version_t   nv;
+    ngx_uint_t                        ngone;
+    ngx_http_lua_ffi_shm_lib_t       *sl;
+    ngx_http_lua_ffi_version_t        nv;
+    ngx_http_lua_ffi_history_entry_t  he;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
@@ -419,6 +422,13 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
     if (sl->current.version == 0) {
         nv.version = 1;
         sl->current = nv;
+
+        /* a fresh entry: nothing falls out of its history yet */
+        ngx_memzero(&he, sizeof(ngx_http_lua_ffi_history_entry_t));
+        he.v = nv;
+        he.when = ngx_time();
+        he.how = NGX_HTTP_LUA_FFI_HOW_LOAD;
+        ngx_http_lua_ffi_history_add_locked(sl, &he, NULL, &ngone);
 
         /* the first load decides how every worker maps it, trial included */
         sl->is_global = (flags & NGX_HTTP_LUA_FFI_LOAD_GLOBAL) ? 1 : 0;

@@ -8,6 +8,7 @@
 
 
 #include "ngx_http_lua_ffi_manager.h"
+#include "ngx_http_lua_ffi_history.h"
 
 
 #define NGX_HTTP_LUA_FFI_SHM_LIBS      64
@@ -31,7 +32,7 @@ typedef struct {
 } ngx_http_lua_ffi_shm_cfg_t;
 
 
-typedef struct {
+typedef struct ngx_http_lua_ffi_shm_lib_s {
     u_char                        path[NGX_HTTP_LUA_FFI_PATHLEN];
     u_char                        names[NGX_HTTP_LUA_FFI_MAX_NAMES]
                                        [NGX_HTTP_LUA_FFI_NAMELEN];
@@ -53,6 +54,7 @@ typedef struct {
     ngx_http_lua_ffi_shm_cfg_t   *cfgs[NGX_HTTP_LUA_FFI_SHM_CFGS];
     unsigned                      is_global:1;
     unsigned                      no_trial:1;
+    ngx_http_lua_ffi_history_t    history;
 } ngx_http_lua_ffi_shm_lib_t;
 
 

@@ -7,6 +7,7 @@
 
 
 #define NGX_HTTP_LUA_FFI_STATUS_MAX    (256 * 1024)
+#define NGX_HTTP_LUA_FFI_STATUS_ENTRY  (6 * NGX_HTTP_LUA_FFI_ERRLEN + 512)
 #define NGX_HTTP_LUA_FFI_STATUS_EXITING  "{\"error\":\"worker exiting\"}"
 
 
@@ -266,10 +267,12 @@ ngx_http_lua_ffi_status_libraries(u_char *p, u_char *last)
             p = ngx_slprintf(p, last, "null");
         }
 
-        p = ngx_slprintf(p, last, ",\"reloading\":%s}",
+        p = ngx_slprintf(p, last, ",\"reloading\":%s,\"history\":",
                          (sh->owner && sh->lib == i
                           && ngx_http_lua_ffi_shm_alive(sh->owner))
                          ? "true" : "false");
+        p = ngx_http_lua_ffi_history_json(p, last, sl);
+        p = ngx_slprintf(p, last, "}");
     }
 
     return ngx_slprintf(p, last, "]");
@@ -280,6 +283,7 @@ static void
 ngx_http_lua_ffi_status_check(ngx_http_lua_ffi_status_op_t *op)
 {
     u_char                         *buf, *p, *last;
+    size_t                          size;
     ngx_uint_t                      i, n, waiting;
     ngx_http_lua_ffi_shm_worker_t  *sw;
 
@@ -309,7 +313,13 @@ ngx_http_lua_ffi_status_check(ngx_http_lua_ffi_status_op_t *op)
     }
 
     n = ngx_http_lua_ffi_fmcf->nworkers;
-    buf = ngx_alloc(NGX_HTTP_LUA_FFI_STATUS_MAX * (n + 1), ngx_cycle->log);
+
+    /* each library's history on top: at most 2 N entries, reasons escaped */
+    size = NGX_HTTP_LUA_FFI_STATUS_MAX * (n + 1)
+           + ngx_http_lua_ffi_shm->nlibs * 2 * NGX_HTTP_LUA_FFI_HISTORY_MAX
+             * NGX_HTTP_LUA_FFI_STATUS_ENTRY;
+
+    buf = ngx_alloc(size, ngx_cycle->log);
     if (buf == NULL) {
         ngx_http_lua_ffi_status_finish(op, NGX_HTTP_INTERNAL_SERVER_ERROR,
                                        (u_char *) "{\"error\":\"no memory\"}",
@@ -317,7 +327,7 @@ ngx_http_lua_ffi_status_check(ngx_http_lua_ffi_status_op_t *op)
         return;
     }
 
-    last = buf + NGX_HTTP_LUA_FFI_STATUS_MAX * (n + 1);
+    last = buf + size;
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 

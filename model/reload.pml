@@ -257,7 +257,7 @@ proctype Coordinator(byte id; bool drop)
         ev[1] = watches[1];
         goto release
        }
-    :: !drop -> skip
+    :: !drop -> skip                /* admin reload or rollback */
     fi;
 
     if

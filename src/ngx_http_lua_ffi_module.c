@@ -24,6 +24,12 @@ static ngx_int_t ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_leave(void);
 
 
+/* ffi_history N: a version's shadow copy and record live in shared memory */
+static ngx_conf_num_bounds_t  ngx_http_lua_ffi_history_bounds = {
+    ngx_conf_check_num_bounds, 1, NGX_HTTP_LUA_FFI_HISTORY_MAX
+};
+
+
 static ngx_command_t  ngx_http_lua_ffi_commands[] = {
 
     { ngx_string("ffi_library_path"),
@@ -117,6 +123,13 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
       offsetof(ngx_http_lua_ffi_main_conf_t, shm_size),
       NULL },
 
+    { ngx_string("ffi_history"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lua_ffi_main_conf_t, history),
+      &ngx_http_lua_ffi_history_bounds },
+
     { ngx_string("ffi_admin"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_lua_ffi_admin,
@@ -186,6 +199,7 @@ ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
     fmcf->exit_timeout = NGX_CONF_UNSET_MSEC;
     fmcf->reload_timeout = NGX_CONF_UNSET_MSEC;
     fmcf->shm_size = NGX_CONF_UNSET_SIZE;
+    fmcf->history = NGX_CONF_UNSET;
     fmcf->runtime_cpus = NGX_CONF_UNSET_PTR;
 
     /* the master's set: workers are bound to parts of it later */
@@ -213,6 +227,7 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(fmcf->exit_timeout, 5000);
     ngx_conf_init_msec_value(fmcf->reload_timeout, 10000);
     ngx_conf_init_size_value(fmcf->shm_size, 1024 * 1024);
+    ngx_conf_init_value(fmcf->history, 5);
 
     if (fmcf->shadow_path.data == NULL) {
         tmp = getenv("TMPDIR");

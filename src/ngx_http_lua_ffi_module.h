@@ -21,6 +21,7 @@
 
 #define NGX_HTTP_LUA_FFI_ERRLEN        256
 #define NGX_HTTP_LUA_FFI_MAX_NAMES     4
+#define NGX_HTTP_LUA_FFI_HISTORY_MAX   16      /* ffi_history's largest N */
 
 
 typedef struct ngx_http_lua_ffi_task_s     ngx_http_lua_ffi_task_t;
@@ -275,6 +276,7 @@ typedef struct {
     ngx_str_t                     shadow_path;
     ngx_str_t                     admin_token;
     size_t                        shm_size;
+    ngx_int_t                     history;       /* ffi_history N */
     ngx_shm_zone_t               *shm_zone;
     int                          *notify_fds;    /* one eventfd a worker */
     ngx_uint_t                    nworkers;
