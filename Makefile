@@ -225,7 +225,7 @@ stop:
 # releases of one library for the reload tests
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
 	libver-fail.so libver-crashinit.so libver-crashctor.so \
-	libver-noisy.so libver-global.so)
+	libver-noisy.so libver-global.so libver-flaky.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
@@ -234,6 +234,7 @@ $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	  $(if $(filter crashinit,$*),-DCRASH_INIT) \
 	  $(if $(filter crashctor,$*),-DCRASH_CTOR) \
 	  $(if $(filter noisy,$*),-DNOISY) \
+	  $(if $(filter flaky,$*),-DFLAKY) \
 	  $(if $(filter global,$*),-DNEEDS_GLOBAL) -o $@ $< -ldl
 
 test-libs: $(TEST_LIBS)
