@@ -525,6 +525,39 @@ ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
  * the answer, a timeout or the caller's death decides what happens next.
  */
 
+/*
+ * A canary runs beside the handle's runtime: a share of canary_pct calls
+ * in 100 goes to it, spread evenly (an accumulator, no clock, no lock);
+ * with a key, the hash of ngx.var[key] decides, so one key always lands
+ * on one version (a request without it is routed by call).
+ */
+
+static ngx_http_lua_ffi_runtime_t *
+ngx_http_lua_ffi_canary_pick(ngx_http_request_t *r,
+    ngx_http_lua_ffi_handle_t *h)
+{
+    ngx_http_variable_value_t  *vv;
+
+    if (h->canary_key.len) {
+        vv = ngx_http_get_variable(r, &h->canary_key, h->canary_hash);
+
+        if (vv && !vv->not_found && vv->len) {
+            return (ngx_crc32_short(vv->data, vv->len) % 100 < h->canary_pct)
+                   ? h->canary : h->runtime;
+        }
+    }
+
+    h->canary_acc += h->canary_pct;
+
+    if (h->canary_acc >= 100) {
+        h->canary_acc -= 100;
+        return h->canary;
+    }
+
+    return h->runtime;
+}
+
+
 ngx_int_t
 ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     ngx_http_lua_ffi_handle_t *h, const char *req, int req_len,
@@ -562,6 +595,10 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
     if (rt == NULL || h->unloaded) {
         *err = "runtime unloaded";
         return NGX_ERROR;
+    }
+
+    if (h->canary) {
+        rt = ngx_http_lua_ffi_canary_pick(r, h);
     }
 
     task = ngx_http_lua_ffi_task_alloc(rt->queue.id,
