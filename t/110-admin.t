@@ -86,11 +86,11 @@ for my $case (
      'unknown library'],
     ['percent-encoded name', '/ffi/reload?lib=%64%65%6D%6F', 200, undef],
     ['unknown endpoint', '/ffi/restart', 404,
-     'no such admin endpoint: use reload, status or metrics'],
+     'no such admin endpoint: use reload, promote, rollback, status or metrics'],
     ['the location itself', '/ffi/', 404,
-     'no such admin endpoint: use reload, status or metrics'],
+     'no such admin endpoint: use reload, promote, rollback, status or metrics'],
     ['a path below reload', '/ffi/reload/x?lib=demo', 404,
-     'no such admin endpoint: use reload, status or metrics'],
+     'no such admin endpoint: use reload, promote, rollback, status or metrics'],
 )
 {
     my ($what, $path, $code, $error) = @$case;
