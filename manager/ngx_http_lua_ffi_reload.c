@@ -58,8 +58,15 @@
  *   PREPARED(v, v')    current != v', and no live      SERVING(v)
  *                      coordinator is preparing v'
  *   SERVING(v)         current = v' != v               SERVING(v')
+ *   SERVING(v)         canary = c (committed)          CANARY(v, c)
+ *   CANARY(v, c)       canary = none, current = c      SERVING(c)
+ *   CANARY(v, c)       canary = none, current = v      SERVING(v)
  *
- * The last line is what makes a 200 true for runtimes that did not exist
+ * In CANARY (canary.c) every handle has a runtime on each version and
+ * the call path routes between them; a promotion hands the canary's
+ * runtimes to the commit as if prepared, a retirement drains them.
+ *
+ * The fourth line is what makes a 200 true for runtimes that did not exist
  * at prepare (ngx.load_ffi during a reload, a worker started by nginx -s
  * reload) and for a worker that missed the commit (stopped, busy): it
  * converges on the current version whatever the command slot says now.
