@@ -254,6 +254,12 @@ ngx_http_lua_ffi_canary_converge(ngx_http_lua_ffi_library_t *lib,
             return NGX_OK;
         }
 
+        if (ngx_queue_empty(&lib->handles)) {
+            /* nothing runs here: the next load maps the current version */
+            ngx_http_lua_ffi_canary_leave(lib);
+            return NGX_OK;
+        }
+
         /* promoted: the canary's runtimes are what a reload prepares */
         if (lib->next) {
             ngx_http_lua_ffi_registry_abort(lib);
@@ -680,6 +686,16 @@ ngx_http_lua_ffi_guard_done(void *data, ngx_int_t status, u_char *body,
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "ffi: canary version %ui of \"%V\" rolled back: %s",
                       g->version, &g->path, g->why);
+        ngx_free(g);
+        return;
+    }
+
+    if (status == NGX_HTTP_CONFLICT) {
+        /* promoted or rolled back by the admin meanwhile */
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "ffi: canary version %ui of \"%V\" ended otherwise "
+                      "before the guard rolled it back: %s", g->version,
+                      &g->path, g->why);
         ngx_free(g);
         return;
     }
