@@ -33,7 +33,8 @@ static char *ngx_http_lua_ffi_reload_labels[NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES]
     "outcome=\"refused\",reason=\"file\"",
     "outcome=\"refused\",reason=\"trial\"",
     "outcome=\"refused\",reason=\"prepare\"",
-    "outcome=\"refused\",reason=\"busy\""
+    "outcome=\"refused\",reason=\"busy\"",
+    "outcome=\"conflict\",reason=\"canary\""
 };
 
 static char *ngx_http_lua_ffi_drop_labels[NGX_HTTP_LUA_FFI_DROP_OUTCOMES] = {

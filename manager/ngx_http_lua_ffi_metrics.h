@@ -24,6 +24,7 @@ typedef enum {
     NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL,    /* the trial process failed */
     NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE,  /* a worker could not start it */
     NGX_HTTP_LUA_FFI_RELOAD_REFUSED_BUSY,     /* another reload never ended */
+    NGX_HTTP_LUA_FFI_RELOAD_CONFLICT_CANARY,  /* 409: a canary runs */
     NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES
 } ngx_http_lua_ffi_reload_outcome_e;
 

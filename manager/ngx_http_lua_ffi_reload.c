@@ -134,6 +134,7 @@ struct ngx_http_lua_ffi_op_s {
     u_char                            name_buf[NGX_HTTP_LUA_FFI_NAMELEN];
     ngx_uint_t                        flags;
     ngx_http_lua_ffi_canary_req_t     cr;        /* what it does */
+    ngx_uint_t                        canary_refused;  /* 409 of canary.c */
 };
 
 
@@ -605,11 +606,13 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
 
         if (rc != NGX_OK) {
             op->status = NGX_HTTP_CONFLICT;
+            op->canary_refused = 1;
             return NGX_HTTP_LUA_FFI_E_REFUSED;
         }
 
         return NGX_HTTP_LUA_FFI_E_DECIDED;
     }
+
     ngx_http_lua_ffi_shm_file_ident(sl->path, ident, sizeof(ident));
     ngx_memcpy(old_ident, sl->drop_ident, sizeof(old_ident));
     old_pid = sl->drop_pid;
@@ -638,6 +641,7 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     {
         ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
         op->status = NGX_HTTP_CONFLICT;
+        op->canary_refused = 1;
         return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
@@ -965,9 +969,12 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
 {
     ngx_uint_t  failed;
 
+    /* a promotion or rollback with no canary to end failed no reload */
     failed = (op->status != NGX_HTTP_NOT_MODIFIED
               && op->status != NGX_HTTP_NOT_FOUND
-              && op->status != NGX_HTTP_SERVICE_UNAVAILABLE);
+              && op->status != NGX_HTTP_SERVICE_UNAVAILABLE
+              && op->cr.kind != NGX_HTTP_LUA_FFI_OP_PROMOTE
+              && op->cr.kind != NGX_HTTP_LUA_FFI_OP_RETIRE);
 
     if (op->status != NGX_HTTP_NOT_FOUND) {
         ngx_http_lua_ffi_release(op, failed, 1);
@@ -982,7 +989,17 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
                   "refused: %s", ngx_http_lua_ffi_op_names[op->cr.kind],
                   &op->name, op->err);
 
-    ngx_http_lua_ffi_op_count(op, (op->status == NGX_HTTP_CONFLICT)
+    if (op->cr.kind == NGX_HTTP_LUA_FFI_OP_PROMOTE
+        || op->cr.kind == NGX_HTTP_LUA_FFI_OP_RETIRE)
+    {
+        /* no canary to end: no reload was refused */
+        ngx_http_lua_ffi_op_error(op, op->status, op->err);
+        return;
+    }
+
+    ngx_http_lua_ffi_op_count(op, op->canary_refused
+                                  ? NGX_HTTP_LUA_FFI_RELOAD_CONFLICT_CANARY
+                                  : (op->status == NGX_HTTP_CONFLICT)
                                   ? NGX_HTTP_LUA_FFI_RELOAD_CONFLICT
                                   : op->trial_failed
                                     ? NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL

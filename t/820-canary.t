@@ -168,6 +168,10 @@ is($s, 409, 'a second canary is 409');
 like($j->{error}, qr/canary of version 2 runs/, '... saying why');
 ($s, $j) = post('reload', "lib=" . escape($ver));
 is($s, 409, 'a reload during a canary is 409');
+is(metric('ffi_reloads_total', ['outcome="conflict"', 'reason="canary"']), 2,
+   'both counted as conflicts with the canary');
+is(metric('ffi_reloads_total', ['reason="not_unloadable"']), 0,
+   'none as a library that cannot be unloaded (nor promote, rollback)');
 $c = calls(10, 20);
 ok(!$c->{v3}, 'version 3 never served');
 
