@@ -203,6 +203,8 @@ fuzz-admin: build/admin_fuzz
 	@printf '\005reloadlib=demo' >build/admin-fuzz/seeds/reload
 	@printf '\006statusa=1&lib=%%2e%%2e%%2Fx&lib=y' >build/admin-fuzz/seeds/status
 	@printf '\007metrics' >build/admin-fuzz/seeds/metrics
+	@printf '\007promotelib=demo' >build/admin-fuzz/seeds/promote
+	@printf '\010rollbacklib=demo' >build/admin-fuzz/seeds/rollback
 	./build/admin_fuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 		-artifact_prefix=build/admin-fuzz/ \
 		build/admin-fuzz/corpus build/admin-fuzz/seeds
