@@ -204,6 +204,7 @@ fuzz-admin: build/admin_fuzz
 	@printf '\005reloadlib=demo' >build/admin-fuzz/seeds/reload
 	@printf '\006statusa=1&lib=%%2e%%2e%%2Fx&lib=y' >build/admin-fuzz/seeds/status
 	@printf '\007metrics' >build/admin-fuzz/seeds/metrics
+	@printf '\007promotelib=demo' >build/admin-fuzz/seeds/promote
 	@printf '\010rollbacklib=demo&version=12' >build/admin-fuzz/seeds/rollback
 	./build/admin_fuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 		-artifact_prefix=build/admin-fuzz/ \
@@ -227,7 +228,7 @@ stop:
 # releases of one library for the reload tests
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
 	libver-fail.so libver-crashinit.so libver-crashctor.so \
-	libver-noisy.so libver-global.so)
+	libver-noisy.so libver-global.so libver-flaky.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
@@ -236,6 +237,7 @@ $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	  $(if $(filter crashinit,$*),-DCRASH_INIT) \
 	  $(if $(filter crashctor,$*),-DCRASH_CTOR) \
 	  $(if $(filter noisy,$*),-DNOISY) \
+	  $(if $(filter flaky,$*),-DFLAKY) \
 	  $(if $(filter global,$*),-DNEEDS_GLOBAL) -o $@ $< -ldl
 
 test-libs: $(TEST_LIBS)

@@ -1,7 +1,8 @@
 /*
- * The admin endpoint (`ffi_admin`): POST reload?lib=NAME, POST rollback and
- * GET status, JSON in and out, answering once every worker has done its
- * part; GET metrics (admin/ngx_http_lua_ffi_admin_metrics.c).
+ * The admin endpoint (`ffi_admin`): POST reload?lib=NAME (&canary=P),
+ * promote and rollback, and GET status, JSON in and out, answering once
+ * every worker has done its part; GET metrics
+ * (admin/ngx_http_lua_ffi_admin_metrics.c).
  */
 
 #include "ngx_http_lua_ffi_manager.h"
@@ -287,12 +288,97 @@ ngx_http_lua_ffi_admin_lib(ngx_http_request_t *r, ngx_str_t *name)
 }
 
 
+/*
+ * reload's canary=P (1-99) and key=VAR (an ngx.var name, "$" optional):
+ * *percent 0 without canary; NGX_ERROR for anything malformed.
+ */
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_canary_args(ngx_http_request_t *r,
+    ngx_uint_t *percent, ngx_str_t *key)
+{
+    u_char     c;
+    size_t     i;
+    ngx_int_t  n;
+    ngx_str_t  v;
+
+    ngx_str_null(key);
+    *percent = 0;
+
+    if (ngx_http_arg(r, (u_char *) "canary", 6, &v) != NGX_OK) {
+        return (ngx_http_arg(r, (u_char *) "key", 3, &v) == NGX_OK)
+               ? NGX_ERROR : NGX_OK;
+    }
+
+    n = ngx_atoi(v.data, v.len);
+    if (n < 1 || n > 99) {
+        return NGX_ERROR;
+    }
+
+    *percent = n;
+
+    if (ngx_http_arg(r, (u_char *) "key", 3, &v) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (v.len > 3 && ngx_strncasecmp(v.data, (u_char *) "%24", 3) == 0) {
+        v.data += 3;
+        v.len -= 3;
+
+    } else if (v.len && v.data[0] == '$') {
+        v.data++;
+        v.len--;
+    }
+
+    if (v.len == 0 || v.len >= 64) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < v.len; i++) {
+        c = ngx_tolower(v.data[i]);
+
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'))
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    *key = v;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_start(int endpoint, ngx_str_t *name,
+    ngx_uint_t percent, ngx_str_t *key, ngx_http_request_t *r)
+{
+    switch (endpoint) {
+
+    case NGX_HTTP_LUA_FFI_ADMIN_PROMOTE:
+        return ngx_http_lua_ffi_canary_promote(name,
+                                               ngx_http_lua_ffi_admin_done, r);
+
+    default:
+        if (percent) {
+            return ngx_http_lua_ffi_canary_start(name, percent, key,
+                                                 ngx_http_lua_ffi_admin_done,
+                                                 r);
+        }
+
+        return ngx_http_lua_ffi_reload_start(name, 0,
+                                             ngx_http_lua_ffi_admin_done, r);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
 {
     int                            endpoint;
     ngx_int_t                      rc;
-    ngx_str_t                      rel, name;
+    ngx_str_t                      rel, name, key;
+    ngx_uint_t                     percent;
     ngx_http_cleanup_t            *cln;
     ngx_http_core_loc_conf_t      *clcf;
     ngx_http_lua_ffi_main_conf_t  *fmcf;
@@ -331,6 +417,7 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
         }
 
     } else if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_RELOAD
+               || endpoint == NGX_HTTP_LUA_FFI_ADMIN_PROMOTE
                || endpoint == NGX_HTTP_LUA_FFI_ADMIN_ROLLBACK)
     {
         if (r->method != NGX_HTTP_POST) {
@@ -341,8 +428,8 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
     } else {
         ngx_http_discard_request_body(r);
         return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_NOT_FOUND,
-              "no such admin endpoint: use reload, rollback, status or "
-              "metrics");
+                     "no such admin endpoint: use reload, promote, "
+                     "rollback, status or metrics");
     }
 
     if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
@@ -400,10 +487,19 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
         return ngx_http_lua_ffi_admin_rollback(r, &name);
     }
 
+    percent = 0;
+
+    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_RELOAD
+        && ngx_http_lua_ffi_admin_canary_args(r, &percent, &key) != NGX_OK)
+    {
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                       "bad canary argument: canary=P (1-99), key=VARIABLE "
+                       "(letters, digits, _)");
+    }
+
     r->main->count++;
 
-    if (ngx_http_lua_ffi_reload_start(&name, 0, ngx_http_lua_ffi_admin_done,
-                                      r)
+    if (ngx_http_lua_ffi_admin_start(endpoint, &name, percent, &key, r)
         != NGX_OK)
     {
         r->main->count--;
@@ -415,7 +511,11 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
 }
 
 
-/* POST rollback?lib=NAME[&version=V]: answered as a reload is. */
+/*
+ * POST rollback?lib=NAME[&version=V]: answered as a reload is; during a
+ * canary, without a version, it retires the canary (the protocol decides,
+ * under the shared zone's lock).
+ */
 
 static ngx_int_t
 ngx_http_lua_ffi_admin_rollback(ngx_http_request_t *r, ngx_str_t *name)

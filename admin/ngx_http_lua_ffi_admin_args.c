@@ -34,6 +34,10 @@ ngx_http_lua_ffi_admin_endpoint(const unsigned char *rel, size_t len)
         return NGX_HTTP_LUA_FFI_ADMIN_METRICS;
     }
 
+    if (len == 7 && memcmp(rel, "promote", 7) == 0) {
+        return NGX_HTTP_LUA_FFI_ADMIN_PROMOTE;
+    }
+
     if (len == 8 && memcmp(rel, "rollback", 8) == 0) {
         return NGX_HTTP_LUA_FFI_ADMIN_ROLLBACK;
     }

@@ -33,11 +33,17 @@ static char *ngx_http_lua_ffi_reload_labels[NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES]
     "outcome=\"refused\",reason=\"file\"",
     "outcome=\"refused\",reason=\"trial\"",
     "outcome=\"refused\",reason=\"prepare\"",
-    "outcome=\"refused\",reason=\"busy\""
+    "outcome=\"refused\",reason=\"busy\"",
+    "outcome=\"conflict\",reason=\"canary\""
 };
 
 static char *ngx_http_lua_ffi_drop_labels[NGX_HTTP_LUA_FFI_DROP_OUTCOMES] = {
     "reloaded", "refused", "conflict", "failed"
+};
+
+/* in the order of ngx_http_lua_ffi_canary_end_e */
+static char *ngx_http_lua_ffi_canary_labels[3] = {
+    "promoted", "rolled_back", "guard"
 };
 
 
@@ -353,6 +359,39 @@ ngx_http_lua_ffi_render_libraries(u_char *p, u_char *last,
             p = ngx_slprintf(p, last, ",outcome=\"%s\"} %uL\n",
                              ngx_http_lua_ffi_drop_labels[k],
                              sh->libs[i].drops[k]);
+        }
+    }
+
+    p = ngx_http_lua_ffi_family_head(p, last, "ffi_canary_version", "gauge",
+              "The version a canary runs beside the library's version "
+              "(0: none runs).");
+
+    for (i = 0; i < sh->nlibs; i++) {
+        p = ngx_slprintf(p, last, "ffi_canary_version{");
+        p = ngx_http_lua_ffi_lib_label(p, last, sh, i);
+        p = ngx_slprintf(p, last, "} %ui\n", sh->libs[i].canary_version);
+    }
+
+    p = ngx_http_lua_ffi_family_head(p, last, "ffi_canary_percent", "gauge",
+              "The share of calls (percent) a canary gets (0: none runs).");
+
+    for (i = 0; i < sh->nlibs; i++) {
+        p = ngx_slprintf(p, last, "ffi_canary_percent{");
+        p = ngx_http_lua_ffi_lib_label(p, last, sh, i);
+        p = ngx_slprintf(p, last, "} %ui\n", sh->libs[i].canary_percent);
+    }
+
+    p = ngx_http_lua_ffi_family_head(p, last, "ffi_canary_ends_total",
+              "counter", "Canaries that ended, by how: promoted, rolled back "
+              "by the admin, rolled back by ffi_canary_guard.");
+
+    for (i = 0; i < sh->nlibs; i++) {
+        for (k = 0; k < 3; k++) {
+            p = ngx_slprintf(p, last, "ffi_canary_ends_total{");
+            p = ngx_http_lua_ffi_lib_label(p, last, sh, i);
+            p = ngx_slprintf(p, last, ",outcome=\"%s\"} %uL\n",
+                             ngx_http_lua_ffi_canary_labels[k],
+                             sh->libs[i].canary_ends[k]);
         }
     }
 

@@ -56,6 +56,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         && ep != NGX_HTTP_LUA_FFI_ADMIN_RELOAD
         && ep != NGX_HTTP_LUA_FFI_ADMIN_STATUS
         && ep != NGX_HTTP_LUA_FFI_ADMIN_METRICS
+        && ep != NGX_HTTP_LUA_FFI_ADMIN_PROMOTE
         && ep != NGX_HTTP_LUA_FFI_ADMIN_ROLLBACK)
     {
         abort();

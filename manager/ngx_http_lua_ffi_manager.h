@@ -72,6 +72,10 @@ ngx_uint_t ngx_http_lua_ffi_registry_behind(ngx_http_lua_ffi_library_t *lib,
 void ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib);
+ngx_http_lua_ffi_runtime_t *ngx_http_lua_ffi_runtime_start(
+    ngx_http_lua_ffi_image_t *img, ngx_uint_t generation, ngx_str_t *cfg,
+    ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
+    size_t errlen);
 u_char *ngx_http_lua_ffi_registry_status(u_char *p, u_char *last);
 ngx_http_lua_ffi_library_t *ngx_http_lua_ffi_registry_library(
     ngx_str_t *path);
@@ -125,6 +129,22 @@ void ngx_http_lua_ffi_watch_library(ngx_http_lua_ffi_library_t *lib);
 
 /* admin */
 char *ngx_http_lua_ffi_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/*
+ * canary (ngx_http_lua_ffi_canary.c): POST reload?canary=P[&key=VAR],
+ * promote, and rollback while a canary runs (409 "no canary running"
+ * otherwise); they answer as a reload does.
+ */
+ngx_int_t ngx_http_lua_ffi_canary_start(ngx_str_t *name, ngx_uint_t percent,
+    ngx_str_t *key, ngx_http_lua_ffi_reload_done_pt done, void *data);
+ngx_int_t ngx_http_lua_ffi_canary_promote(ngx_str_t *name,
+    ngx_http_lua_ffi_reload_done_pt done, void *data);
+ngx_int_t ngx_http_lua_ffi_canary_retire(ngx_str_t *name,
+    ngx_http_lua_ffi_reload_done_pt done, void *data);
+
+/* ffi_canary_guard margin=RATIO min_calls=N window=TIME | off */
+char *ngx_http_lua_ffi_canary_guard_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* helpers */
 u_char *ngx_http_lua_ffi_json_str(u_char *p, u_char *last, u_char *s,

@@ -491,6 +491,89 @@ ngx_http_lua_ffi_metrics_operation(u_char *path, u_char *name,
 }
 
 
+/* The coordinator of a canary's start or end, once for all workers. */
+
+void
+ngx_http_lua_ffi_metrics_canary(u_char *path, u_char *name,
+    ngx_uint_t version, ngx_uint_t percent, ngx_int_t end)
+{
+    ngx_int_t                        lib;
+    ngx_http_lua_ffi_metrics_lib_t  *ml;
+
+    if (ngx_http_lua_ffi_metrics_sh == NULL) {
+        return;
+    }
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_metrics_pool->mutex);
+
+    lib = ngx_http_lua_ffi_metrics_lib_locked(path, name, ngx_strlen(name));
+
+    if (lib != NGX_ERROR) {
+        ml = &ngx_http_lua_ffi_metrics_sh->libs[lib];
+
+        if (end < 0) {
+            ml->canary_version = version;
+            ml->canary_percent = percent;
+
+        } else {
+            ml->canary_version = 0;
+            ml->canary_percent = 0;
+            ml->canary_ends[end]++;
+        }
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_metrics_pool->mutex);
+}
+
+
+/*
+ * Every answer one version of a library gave, in every worker, and how
+ * many of them were failures (rc != 0) or timeouts: ffi_canary_guard's
+ * judgement, read from the counters the bridge keeps anyway.
+ */
+
+void
+ngx_http_lua_ffi_metrics_answers(u_char *path, ngx_uint_t version,
+    uint64_t *answers, uint64_t *bad)
+{
+    ngx_uint_t                        i;
+    ngx_http_lua_ffi_metrics_shm_t   *sh = ngx_http_lua_ffi_metrics_sh;
+    ngx_http_lua_ffi_metrics_slot_t  *sl;
+
+    *answers = 0;
+    *bad = 0;
+
+    if (sh == NULL) {
+        return;
+    }
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_metrics_pool->mutex);
+
+    for (i = 0; i < sh->nlibs; i++) {
+        if (ngx_strcmp(sh->libs[i].path, path) == 0) {
+            break;
+        }
+    }
+
+    if (i < sh->nlibs) {
+        for (sl = sh->slots; sl < sh->slots + NGX_HTTP_LUA_FFI_METRICS_SLOTS;
+             sl++)
+        {
+            if (sl->state == NGX_HTTP_LUA_FFI_SLOT_FREE || sl->lib != i
+                || sl->version != version)
+            {
+                continue;
+            }
+
+            *answers += sl->s.c.ok + sl->s.c.failed + sl->s.c.timeouts;
+            *bad += sl->s.c.failed + sl->s.c.timeouts;
+        }
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_metrics_pool->mutex);
+}
+
+
 /* The worker that acted on a file drop counts what came of it. */
 
 void

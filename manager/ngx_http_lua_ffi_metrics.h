@@ -24,6 +24,7 @@ typedef enum {
     NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL,    /* the trial process failed */
     NGX_HTTP_LUA_FFI_RELOAD_REFUSED_PREPARE,  /* a worker could not start it */
     NGX_HTTP_LUA_FFI_RELOAD_REFUSED_BUSY,     /* another reload never ended */
+    NGX_HTTP_LUA_FFI_RELOAD_CONFLICT_CANARY,  /* 409: a canary runs */
     NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES
 } ngx_http_lua_ffi_reload_outcome_e;
 
@@ -67,6 +68,9 @@ typedef struct {
     uint64_t                      rollbacks[NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES];
     ngx_http_lua_ffi_counters_t   retired;   /* of slots reclaimed */
     ngx_uint_t                    has_retired;
+    ngx_uint_t                    canary_version;  /* 0: none runs */
+    ngx_uint_t                    canary_percent;
+    uint64_t                      canary_ends[3];  /* canary_end_e */
 } ngx_http_lua_ffi_metrics_lib_t;
 
 
@@ -100,6 +104,12 @@ void ngx_http_lua_ffi_metrics_reload(u_char *path, u_char *name,
 void ngx_http_lua_ffi_metrics_rollback(u_char *path, u_char *name,
     ngx_http_lua_ffi_reload_outcome_e outcome, ngx_uint_t version);
 void ngx_http_lua_ffi_metrics_drop(ngx_str_t *path, ngx_int_t status);
+
+/* canaries: end < 0, one starts; else how it ended (canary_end_e) */
+void ngx_http_lua_ffi_metrics_canary(u_char *path, u_char *name,
+    ngx_uint_t version, ngx_uint_t percent, ngx_int_t end);
+void ngx_http_lua_ffi_metrics_answers(u_char *path, ngx_uint_t version,
+    uint64_t *answers, uint64_t *bad);
 
 ngx_http_lua_ffi_metrics_shm_t *ngx_http_lua_ffi_metrics_snapshot(
     ngx_pool_t *pool);

@@ -5,12 +5,9 @@
 
 #include "ngx_http_lua_ffi_manager.h"
 #include "ngx_http_lua_ffi_metrics.h"
+#include "ngx_http_lua_ffi_canary.h"
 
 
-static ngx_http_lua_ffi_runtime_t *ngx_http_lua_ffi_runtime_start(
-    ngx_http_lua_ffi_image_t *img, ngx_uint_t generation, ngx_str_t *cfg,
-    ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,
-    size_t errlen);
 static void ngx_http_lua_ffi_runtime_check(ngx_http_lua_ffi_runtime_t *rt);
 static void ngx_http_lua_ffi_runtime_reap(ngx_event_t *ev);
 static void ngx_http_lua_ffi_image_drop(ngx_http_lua_ffi_image_t *img);
@@ -289,6 +286,9 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
         ngx_http_lua_ffi_registry_twin(lib, h);
     }
 
+    /* a canary runs: this runtime gets its share routed at once */
+    ngx_http_lua_ffi_canary_load(lib);
+
     return h;
 }
 
@@ -313,7 +313,7 @@ ngx_http_lua_ffi_registry_twin(ngx_http_lua_ffi_library_t *lib,
 
 /* generation: the version the runtime serves as, known to its log lines */
 
-static ngx_http_lua_ffi_runtime_t *
+ngx_http_lua_ffi_runtime_t *
 ngx_http_lua_ffi_runtime_start(ngx_http_lua_ffi_image_t *img,
     ngx_uint_t generation, ngx_str_t *cfg, ngx_uint_t has_cfg,
     ngx_uint_t max_queue, int *rc, u_char *err, size_t errlen)
@@ -543,6 +543,11 @@ ngx_http_lua_ffi_registry_unload(ngx_http_lua_ffi_handle_t *h)
     if (h->next) {
         ngx_http_lua_ffi_registry_retire(h->next);
         h->next = NULL;
+    }
+
+    if (h->canary) {
+        ngx_http_lua_ffi_registry_retire(h->canary);
+        h->canary = NULL;
     }
 
     if (h->runtime) {
@@ -1101,8 +1106,10 @@ ngx_http_lua_ffi_registry_status(u_char *p, u_char *last)
 
         p = ngx_slprintf(p, last, "],\"mapped_images\":%ui,\"runtimes\":", n);
         p = ngx_http_lua_ffi_status_runtimes(p, last, lib, &live, &inflight);
-        p = ngx_slprintf(p, last, ",\"live_runtimes\":%ui,\"inflight\":%ui}",
-                         live, inflight);
+        p = ngx_slprintf(p, last, ",\"live_runtimes\":%ui,\"inflight\":%ui,"
+                         "\"canary\":", live, inflight);
+        p = ngx_http_lua_ffi_canary_status(p, last, lib);
+        p = ngx_slprintf(p, last, "}");
     }
 
     return ngx_slprintf(p, last, "]");

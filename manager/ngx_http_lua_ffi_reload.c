@@ -6,6 +6,7 @@
 
 #include "ngx_http_lua_ffi_shm.h"
 #include "ngx_http_lua_ffi_metrics.h"
+#include "ngx_http_lua_ffi_canary.h"
 
 
 #define NGX_HTTP_LUA_FFI_RETRY_MSEC    10
@@ -21,7 +22,10 @@
  *   WAIT      deadline   DONE     503 (another reload did not finish)
  *   CHECK     refused    DONE     404, 304, 409 or 422; owner := 0
  *   CHECK     checked    PREPARE  publish PREPARE(v)
- *   PREPARE   all_ok     COMMIT   current := v; publish COMMIT(v)
+ *   CHECK     decided    COMMIT   promote: current := canary; retire:
+ *                                 canary := none; publish COMMIT(v)
+ *   PREPARE   all_ok     COMMIT   current := v (a canary: canary := v);
+ *                                 publish COMMIT(v)
  *   PREPARE   failed     ABORT    publish ABORT
  *   PREPARE   deadline   ABORT    publish ABORT (names the silent workers)
  *   COMMIT    all_ok     DONE     200; old shadow removed unless the
@@ -60,8 +64,15 @@
  *   PREPARED(v, v')    current != v', and no live      SERVING(v)
  *                      coordinator is preparing v'
  *   SERVING(v)         current = v' != v               SERVING(v')
+ *   SERVING(v)         canary = c (committed)          CANARY(v, c)
+ *   CANARY(v, c)       canary = none, current = c      SERVING(c)
+ *   CANARY(v, c)       canary = none, current = v      SERVING(v)
  *
- * The last line is what makes a 200 true for runtimes that did not exist
+ * In CANARY (canary.c) every handle has a runtime on each version and
+ * the call path routes between them; a promotion hands the canary's
+ * runtimes to the commit as if prepared, a retirement drains them.
+ *
+ * The fourth line is what makes a 200 true for runtimes that did not exist
  * at prepare (ngx.load_ffi during a reload, a worker started by nginx -s
  * reload) and for a worker that missed the commit (stopped, busy): it
  * converges on the current version whatever the command slot says now.
@@ -83,6 +94,7 @@ typedef enum {
     NGX_HTTP_LUA_FFI_E_TURN,
     NGX_HTTP_LUA_FFI_E_REFUSED,
     NGX_HTTP_LUA_FFI_E_CHECKED,
+    NGX_HTTP_LUA_FFI_E_DECIDED,        /* promote, retire: no prepare */
     NGX_HTTP_LUA_FFI_E_ALL_OK,
     NGX_HTTP_LUA_FFI_E_FAILED,
     NGX_HTTP_LUA_FFI_E_DEADLINE,
@@ -129,6 +141,8 @@ struct ngx_http_lua_ffi_op_s {
     ngx_uint_t                        flags;
     ngx_uint_t                        target;    /* rollback: 0 previous */
     ngx_uint_t                        rolled_back_to;
+    ngx_http_lua_ffi_canary_req_t     cr;        /* what it does */
+    ngx_uint_t                        canary_refused;  /* 409 of canary.c */
 };
 
 
@@ -149,7 +163,7 @@ static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_check(
 static ngx_http_lua_ffi_revent_e ngx_http_lua_ffi_op_check_rollback(
     ngx_http_lua_ffi_op_t *op);
 static ngx_int_t ngx_http_lua_ffi_op_start(ngx_str_t *name,
-    ngx_uint_t flags, ngx_uint_t target,
+    ngx_uint_t flags, ngx_uint_t target, ngx_http_lua_ffi_canary_req_t *cr,
     ngx_http_lua_ffi_reload_done_pt done, void *data);
 static ngx_uint_t ngx_http_lua_ffi_op_how(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_op_refusal(ngx_http_lua_ffi_op_t *op,
@@ -166,6 +180,7 @@ static void ngx_http_lua_ffi_act_busy(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_act_prepare(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_act_commit(ngx_http_lua_ffi_op_t *op);
+static void ngx_http_lua_ffi_act_decide(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_act_abort(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_act_abort_silent(ngx_http_lua_ffi_op_t *op);
 static void ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op);
@@ -197,6 +212,8 @@ static ngx_http_lua_ffi_transition_t  ngx_http_lua_ffi_transitions[] = {
       NGX_HTTP_LUA_FFI_R_DONE, ngx_http_lua_ffi_act_refused },
     { NGX_HTTP_LUA_FFI_R_CHECK, NGX_HTTP_LUA_FFI_E_CHECKED,
       NGX_HTTP_LUA_FFI_R_PREPARE, ngx_http_lua_ffi_act_prepare },
+    { NGX_HTTP_LUA_FFI_R_CHECK, NGX_HTTP_LUA_FFI_E_DECIDED,
+      NGX_HTTP_LUA_FFI_R_COMMIT, ngx_http_lua_ffi_act_decide },
 
     { NGX_HTTP_LUA_FFI_R_PREPARE, NGX_HTTP_LUA_FFI_E_ALL_OK,
       NGX_HTTP_LUA_FFI_R_COMMIT, ngx_http_lua_ffi_act_commit },
@@ -233,6 +250,11 @@ static ngx_http_lua_ffi_transition_t  ngx_http_lua_ffi_transitions[] = {
 
 
 static ngx_queue_t       ngx_http_lua_ffi_ops;
+/* in the order of ngx_http_lua_ffi_op_kind_e, for the log */
+static char             *ngx_http_lua_ffi_op_names[] = {
+    "reload", "canary reload", "promotion of the canary",
+    "rollback of the canary"
+};
 static ngx_event_t       ngx_http_lua_ffi_follow_ev;
 /* what a debug log's "event timer add: FD" reads through ev->data */
 static ngx_connection_t  ngx_http_lua_ffi_follow_conn;
@@ -299,16 +321,14 @@ ngx_int_t
 ngx_http_lua_ffi_reload_start(ngx_str_t *name, ngx_uint_t flags,
     ngx_http_lua_ffi_reload_done_pt done, void *data)
 {
-    return ngx_http_lua_ffi_op_start(name, flags, 0, done, data);
+    return ngx_http_lua_ffi_op_start(name, flags, 0, NULL, done, data);
 }
 
 
 /*
  * POST /ffi/rollback: the same operation, whose CHECK takes a version kept
  * in the history instead of reading the file (version 0: the previous one).
- *
- * Canary reloads (issue 15 item 3) plug in here: a library in canary has
- * its canary retired instead, before any operation starts.
+ * A library in canary has its canary retired instead (op_check).
  */
 
 ngx_int_t
@@ -316,13 +336,25 @@ ngx_http_lua_ffi_rollback_start(ngx_str_t *name, ngx_uint_t version,
     ngx_http_lua_ffi_reload_done_pt done, void *data)
 {
     return ngx_http_lua_ffi_op_start(name, NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK,
-                                     version, done, data);
+                                     version, NULL, done, data);
+}
+
+
+/* cr: a canary's start, promotion or retirement; NULL: a reload */
+
+ngx_int_t
+ngx_http_lua_ffi_reload_op(ngx_str_t *name, ngx_uint_t flags,
+    ngx_http_lua_ffi_canary_req_t *cr, ngx_http_lua_ffi_reload_done_pt done,
+    void *data)
+{
+    return ngx_http_lua_ffi_op_start(name, flags, 0, cr, done, data);
 }
 
 
 static ngx_int_t
 ngx_http_lua_ffi_op_start(ngx_str_t *name, ngx_uint_t flags,
-    ngx_uint_t target, ngx_http_lua_ffi_reload_done_pt done, void *data)
+    ngx_uint_t target, ngx_http_lua_ffi_canary_req_t *cr,
+    ngx_http_lua_ffi_reload_done_pt done, void *data)
 {
     ngx_http_lua_ffi_op_t  *op;
 
@@ -345,6 +377,11 @@ ngx_http_lua_ffi_op_start(ngx_str_t *name, ngx_uint_t flags,
                                                  op, 0);
     op->flags = flags;
     op->target = target;
+
+    if (cr) {
+        op->cr = *cr;
+    }
+
     op->name.data = op->name_buf;
     op->name.len = ngx_min(name->len, NGX_HTTP_LUA_FFI_NAMELEN - 1);
     ngx_memcpy(op->name_buf, name->data, op->name.len);
@@ -585,6 +622,7 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
     ngx_pid_t                    old_pid;
     u_char                       ident[96], old_ident[96];
+    ngx_uint_t                   top;
 
     if (op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK) {
         return ngx_http_lua_ffi_op_check_rollback(op);
@@ -593,6 +631,28 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
     sl = &sh->libs[op->lib];
+
+    if (op->cr.kind == NGX_HTTP_LUA_FFI_OP_PROMOTE
+        || op->cr.kind == NGX_HTTP_LUA_FFI_OP_RETIRE)
+    {
+        /* no file is read: the canary's version and the current one */
+        rc = ngx_http_lua_ffi_canary_check_locked(sl, op->cr.kind, op->err,
+                                                  NGX_HTTP_LUA_FFI_ERRLEN);
+        op->v = sl->canary;
+        op->old = sl->current;
+        op->old_version = sl->current.version;
+        op->changed = (sl->canary.hash != sl->current.hash);
+        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+        if (rc != NGX_OK) {
+            op->status = NGX_HTTP_CONFLICT;
+            op->canary_refused = 1;
+            return NGX_HTTP_LUA_FFI_E_REFUSED;
+        }
+
+        return NGX_HTTP_LUA_FFI_E_DECIDED;
+    }
+
     ngx_http_lua_ffi_shm_file_ident(sl->path, ident, sizeof(ident));
     ngx_memcpy(old_ident, sl->drop_ident, sizeof(old_ident));
     old_pid = sl->drop_pid;
@@ -614,7 +674,19 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
     ngx_memcpy(sl->drop_ident, ident, sizeof(ident));
     sl->drop_pid = ngx_pid;
 
+    /* a drop meanwhile counts as judged: refused, logged, not retried */
+    if (ngx_http_lua_ffi_canary_check_locked(sl, op->cr.kind, op->err,
+                                             NGX_HTTP_LUA_FFI_ERRLEN)
+        != NGX_OK)
+    {
+        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+        op->status = NGX_HTTP_CONFLICT;
+        op->canary_refused = 1;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
     cur = sl->current;
+    top = ngx_max(sl->top_version, sl->current.version);
     path.len = ngx_strlen(sl->path);
     path.data = ngx_cpymem(path_buf, sl->path, path.len + 1) - path.len - 1;
 
@@ -687,7 +759,8 @@ ngx_http_lua_ffi_op_check(ngx_http_lua_ffi_op_t *op)
         return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
-    op->v.version = cur.version + 1;
+    /* a retired canary's number is not given again */
+    op->v.version = top + 1;
 
     if (op->changed) {
         rc = ngx_http_lua_ffi_op_trial(op, &path);
@@ -719,13 +792,35 @@ ngx_http_lua_ffi_op_check_rollback(ngx_http_lua_ffi_op_t *op)
     ngx_int_t                    rc;
     ngx_str_t                    path;
     ngx_http_lua_ffi_shm_lib_t  *sl;
+    ngx_uint_t                   top;
     ngx_http_lua_ffi_version_t   cur, kept;
     u_char                       path_buf[NGX_HTTP_LUA_FFI_PATHLEN];
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
     sl = &ngx_http_lua_ffi_shm->libs[op->lib];
+
+    if (sl->canary.version) {
+        ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+        if (op->target == 0) {
+            /* during a canary, a rollback retires the canary */
+            op->flags &= ~NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK;
+            op->cr.kind = NGX_HTTP_LUA_FFI_OP_RETIRE;
+            return ngx_http_lua_ffi_op_check(op);
+        }
+
+        ngx_snprintf(op->err, NGX_HTTP_LUA_FFI_ERRLEN, "a canary of "
+                     "\"%V\" runs: POST rollback without a version retires "
+                     "it, promote ends it; then roll back to version %ui%Z",
+                     &op->name, op->target);
+        op->status = NGX_HTTP_CONFLICT;
+        op->canary_refused = 1;
+        return NGX_HTTP_LUA_FFI_E_REFUSED;
+    }
+
     cur = sl->current;
+    top = ngx_max(sl->top_version, sl->current.version);
     path.len = ngx_strlen(sl->path);
     path.data = ngx_cpymem(path_buf, sl->path, path.len + 1) - path.len - 1;
 
@@ -763,7 +858,8 @@ ngx_http_lua_ffi_op_check_rollback(ngx_http_lua_ffi_op_t *op)
         return NGX_HTTP_LUA_FFI_E_REFUSED;
     }
 
-    op->v.version = cur.version + 1;
+    /* a retired canary's number is not given again */
+    op->v.version = top + 1;
 
     if (!op->changed) {
         return NGX_HTTP_LUA_FFI_E_CHECKED;
@@ -924,9 +1020,27 @@ ngx_http_lua_ffi_publish(ngx_http_lua_ffi_cmd_e type, ngx_http_lua_ffi_op_t *op)
     sh->v = op->v;
     op->seq = sh->seq;
 
-    if (type == NGX_HTTP_LUA_FFI_CMD_COMMIT) {
+    sl = &sh->libs[op->lib];
+
+    if (type == NGX_HTTP_LUA_FFI_CMD_COMMIT
+        && op->v.version > sl->top_version)
+    {
+        sl->top_version = op->v.version;
+    }
+
+    if (type == NGX_HTTP_LUA_FFI_CMD_COMMIT
+        && op->cr.kind != NGX_HTTP_LUA_FFI_OP_RELOAD)
+    {
+        /* from here on, every runtime anywhere routes by the canary */
+        ngx_http_lua_ffi_canary_commit_locked(sl, &op->cr, &op->v);
+
+        if (op->cr.kind == NGX_HTTP_LUA_FFI_OP_PROMOTE) {
+            /* a promoted canary is current: in the history at once */
+            ngx_http_lua_ffi_history_add_locked(sl, &he, gone, &ngone);
+        }
+
+    } else if (type == NGX_HTTP_LUA_FFI_CMD_COMMIT) {
         /* from here on, every runtime anywhere converges on v */
-        sl = &sh->libs[op->lib];
         sl->current = op->v;
         sl->reloads++;
         sl->last_reload = ngx_time();
@@ -1026,6 +1140,10 @@ ngx_http_lua_ffi_op_how(ngx_http_lua_ffi_op_t *op)
         return NGX_HTTP_LUA_FFI_HOW_ROLLBACK;
     }
 
+    if (op->cr.kind != NGX_HTTP_LUA_FFI_OP_RELOAD) {
+        return NGX_HTTP_LUA_FFI_HOW_CANARY;
+    }
+
     return (op->flags & NGX_HTTP_LUA_FFI_RELOAD_IF_CHANGED)
            ? NGX_HTTP_LUA_FFI_HOW_DROP : NGX_HTTP_LUA_FFI_HOW_ADMIN;
 }
@@ -1046,7 +1164,9 @@ ngx_http_lua_ffi_op_refusal(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
         || (status != NGX_HTTP_CONFLICT
             && status != NGX_HTTP_UNPROCESSABLE_ENTITY)
         || ((op->flags & NGX_HTTP_LUA_FFI_RELOAD_ROLLBACK)
-            && op->rolled_back_to == 0))
+            && op->rolled_back_to == 0)
+        || op->cr.kind == NGX_HTTP_LUA_FFI_OP_PROMOTE
+        || op->cr.kind == NGX_HTTP_LUA_FFI_OP_RETIRE)
     {
         return;
     }
@@ -1084,10 +1204,13 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
                && op->state == NGX_HTTP_LUA_FFI_R_CHECK
                && op->rolled_back_to == 0);
 
+    /* a promotion or rollback with no canary to end failed no reload */
     failed = (op->status != NGX_HTTP_NOT_MODIFIED
               && op->status != NGX_HTTP_NOT_FOUND
               && op->status != NGX_HTTP_SERVICE_UNAVAILABLE
-              && !unknown);
+              && !unknown
+              && op->cr.kind != NGX_HTTP_LUA_FFI_OP_PROMOTE
+              && op->cr.kind != NGX_HTTP_LUA_FFI_OP_RETIRE);
 
     if (op->status != NGX_HTTP_NOT_FOUND
         || op->state == NGX_HTTP_LUA_FFI_R_CHECK)
@@ -1107,10 +1230,21 @@ ngx_http_lua_ffi_act_refused(ngx_http_lua_ffi_op_t *op)
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: reload of \"%V\" "
-                  "refused: %s", &op->name, op->err);
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "ffi: %s of \"%V\" "
+                  "refused: %s", ngx_http_lua_ffi_op_names[op->cr.kind],
+                  &op->name, op->err);
 
-    ngx_http_lua_ffi_op_count(op, (op->status == NGX_HTTP_CONFLICT)
+    if (op->cr.kind == NGX_HTTP_LUA_FFI_OP_PROMOTE
+        || op->cr.kind == NGX_HTTP_LUA_FFI_OP_RETIRE)
+    {
+        /* no canary to end: no reload was refused */
+        ngx_http_lua_ffi_op_error(op, op->status, op->err);
+        return;
+    }
+
+    ngx_http_lua_ffi_op_count(op, op->canary_refused
+                                  ? NGX_HTTP_LUA_FFI_RELOAD_CONFLICT_CANARY
+                                  : (op->status == NGX_HTTP_CONFLICT)
                                   ? NGX_HTTP_LUA_FFI_RELOAD_CONFLICT
                                   : op->trial_failed
                                     ? NGX_HTTP_LUA_FFI_RELOAD_REFUSED_TRIAL
@@ -1130,6 +1264,13 @@ ngx_http_lua_ffi_act_prepare(ngx_http_lua_ffi_op_t *op)
 
 static void
 ngx_http_lua_ffi_act_commit(ngx_http_lua_ffi_op_t *op)
+{
+    ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_COMMIT, op);
+}
+
+
+static void
+ngx_http_lua_ffi_act_decide(ngx_http_lua_ffi_op_t *op)
 {
     ngx_http_lua_ffi_publish(NGX_HTTP_LUA_FFI_CMD_COMMIT, op);
 }
@@ -1167,11 +1308,25 @@ ngx_http_lua_ffi_op_body(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
     p = ngx_slprintf(body, last - 256, "{\"lib\":");
     p = ngx_http_lua_ffi_json_str(p, last - 200, op->name.data,
                                   op->name.len);
-    p = ngx_slprintf(p, last, ",\"version\":%ui,\"previous_version\":%ui,"
-                     "\"build_id\":\"%s\",\"changed\":%s,\"confirmed\":%s",
-                     op->v.version, op->old_version, op->v.build_id,
-                     op->changed ? "true" : "false",
-                     status == NGX_HTTP_OK ? "true" : "false");
+    if (op->cr.kind == NGX_HTTP_LUA_FFI_OP_RETIRE) {
+        /* the version that serves on, and the canary that went */
+        p = ngx_slprintf(p, last, ",\"version\":%ui,\"retired\":%ui,"
+                         "\"build_id\":\"%s\",\"confirmed\":%s",
+                         op->old.version, op->v.version, op->old.build_id,
+                         status == NGX_HTTP_OK ? "true" : "false");
+
+    } else {
+        p = ngx_slprintf(p, last, ",\"version\":%ui,\"previous_version\":%ui,"
+                         "\"build_id\":\"%s\",\"changed\":%s,"
+                         "\"confirmed\":%s",
+                         op->v.version, op->old_version, op->v.build_id,
+                         op->changed ? "true" : "false",
+                         status == NGX_HTTP_OK ? "true" : "false");
+    }
+
+    if (op->cr.kind == NGX_HTTP_LUA_FFI_OP_CANARY) {
+        p = ngx_slprintf(p, last, ",\"canary\":%ui", op->cr.percent);
+    }
 
     if (op->rolled_back_to) {
         p = ngx_slprintf(p, last, ",\"rolled_back_to\":%ui",
@@ -1195,6 +1350,15 @@ ngx_http_lua_ffi_op_body(ngx_http_lua_ffi_op_t *op, ngx_int_t status)
 static void
 ngx_http_lua_ffi_act_committed(ngx_http_lua_ffi_op_t *op)
 {
+    if (op->cr.kind != NGX_HTTP_LUA_FFI_OP_RELOAD) {
+        ngx_http_lua_ffi_canary_done(&ngx_http_lua_ffi_shm->libs[op->lib],
+                                     &op->cr, &op->v, &op->old, &op->name,
+                                     1);
+        ngx_http_lua_ffi_release(op, 0, 1);
+        ngx_http_lua_ffi_op_body(op, NGX_HTTP_OK);
+        return;
+    }
+
     if (op->changed && ngx_strcmp(op->old.shadow, op->v.shadow) != 0) {
         /*
          * every worker that maps the old copy already has it mapped; it
@@ -1244,6 +1408,16 @@ ngx_http_lua_ffi_act_unconfirmed(ngx_http_lua_ffi_op_t *op)
 
     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "ffi: reload of \"%V\": "
                   "%s", &op->name, op->err);
+
+    if (op->cr.kind != NGX_HTTP_LUA_FFI_OP_RELOAD) {
+        /* recorded in the shared zone: the others follow when they run */
+        ngx_http_lua_ffi_canary_done(&ngx_http_lua_ffi_shm->libs[op->lib],
+                                     &op->cr, &op->v, &op->old, &op->name,
+                                     0);
+        ngx_http_lua_ffi_release(op, 0, 1);
+        ngx_http_lua_ffi_op_body(op, NGX_HTTP_ACCEPTED);
+        return;
+    }
 
     ngx_http_lua_ffi_release(op, 0, 1);
 
@@ -1412,15 +1586,18 @@ static ngx_int_t
 ngx_http_lua_ffi_reconcile(ngx_http_lua_ffi_library_t *lib, ngx_int_t i,
     u_char *err, size_t errlen)
 {
+    ngx_int_t                    rc;
     ngx_uint_t                   prepared, pending;
     ngx_http_lua_ffi_shm_t      *sh = ngx_http_lua_ffi_shm;
     ngx_http_lua_ffi_version_t   cur;
+    ngx_http_lua_ffi_shm_lib_t   snap;
 
     prepared = ngx_http_lua_ffi_registry_prepared(lib);
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
     cur = sh->libs[i].current;
+    ngx_memcpy(&snap, &sh->libs[i], sizeof(snap));
     pending = (prepared && sh->type == NGX_HTTP_LUA_FFI_CMD_PREPARE
                && sh->lib == (ngx_uint_t) i && sh->v.version == prepared
                && ngx_http_lua_ffi_shm_alive(sh->owner));
@@ -1431,12 +1608,19 @@ ngx_http_lua_ffi_reconcile(ngx_http_lua_ffi_library_t *lib, ngx_int_t i,
         return NGX_OK;
     }
 
-    if (prepared && prepared != cur.version) {
+    if (prepared && prepared != cur.version
+        && prepared != snap.canary.version)
+    {
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "ffi: \"%V\": version %ui was not committed, its "
                       "prepared runtimes go", &lib->path, prepared);
         ngx_http_lua_ffi_registry_abort(lib);
     }
+
+    /* a canary started, runs, was promoted (prepares it) or retired */
+    rc = ngx_http_lua_ffi_canary_converge(lib, &snap, err, errlen);
+
+    prepared = ngx_http_lua_ffi_registry_prepared(lib);
 
     if (prepared == cur.version
         || ngx_http_lua_ffi_registry_behind(lib, cur.version))
@@ -1444,7 +1628,7 @@ ngx_http_lua_ffi_reconcile(ngx_http_lua_ffi_library_t *lib, ngx_int_t i,
         return ngx_http_lua_ffi_registry_commit(lib, &cur, err, errlen);
     }
 
-    return NGX_OK;
+    return rc;
 }
 
 

@@ -14,6 +14,7 @@
 #define NGX_HTTP_LUA_FFI_SHM_LIBS      64
 #define NGX_HTTP_LUA_FFI_SHM_WORKERS   128
 #define NGX_HTTP_LUA_FFI_SHM_CFGS      16
+#define NGX_HTTP_LUA_FFI_KEYLEN        64     /* a canary's ngx.var name */
 
 
 typedef enum {
@@ -55,6 +56,18 @@ typedef struct ngx_http_lua_ffi_shm_lib_s {
     unsigned                      is_global:1;
     unsigned                      no_trial:1;
     ngx_http_lua_ffi_history_t    history;
+
+    /* a canary beside current: every worker routes by these */
+    ngx_http_lua_ffi_version_t    canary;      /* version 0: none runs */
+    ngx_uint_t                    canary_pct;
+    u_char                        canary_key[NGX_HTTP_LUA_FFI_KEYLEN];
+    time_t                        canary_since;
+    ngx_uint_t                    top_version; /* never given twice */
+
+    /* ffi_canary_guard: the window and the answers before it */
+    time_t                        guard_start;
+    uint64_t                      guard_base[4];  /* old, bad; new, bad */
+    ngx_pid_t                     guard_pid;   /* retiring it */
 } ngx_http_lua_ffi_shm_lib_t;
 
 

@@ -4,6 +4,7 @@
  */
 
 #include "ngx_http_lua_ffi_shm.h"
+#include "ngx_http_lua_ffi_canary.h"
 
 
 #define NGX_HTTP_LUA_FFI_STATUS_MAX    (256 * 1024)
@@ -267,6 +268,8 @@ ngx_http_lua_ffi_status_libraries(u_char *p, u_char *last)
             p = ngx_slprintf(p, last, "null");
         }
 
+        p = ngx_slprintf(p, last, ",\"canary\":");
+        p = ngx_http_lua_ffi_canary_status_shm(p, last, sl);
         p = ngx_slprintf(p, last, ",\"reloading\":%s,\"history\":",
                          (sh->owner && sh->lib == i
                           && ngx_http_lua_ffi_shm_alive(sh->owner))

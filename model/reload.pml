@@ -6,15 +6,21 @@
  * at any step or a transient failure while judging a drop (one fault per
  * run: the state space stays small enough for make test), a worker that
  * crashes and is respawned (a HUP replaces a slot's occupant the same
- * way). Checked exhaustively (make test, about three million states):
- *   - after a 200, no live worker serves the old version (assert);
+ * way); the admin's reload may be a canary instead, and a third
+ * operation promotes or retires whatever canary runs by then (409 if
+ * none). Checked exhaustively (make test):
+ *   - after a 200, no live worker serves the old version (assert); after
+ *     a canary's 200, every live runtime has its canary twin; after a
+ *     promotion's or a retirement's 200, none has (assert);
+ *   - one canary at a time: no reload or canary starts while one runs;
  *   - no two reloads interleave (assert);
  *   - a drop is judged at most once by a reload that ended (assert): it
  *     is judged again only when the coordinator that recorded it died
  *     before its reload ended; and every reload and drop ends: no invalid
  *     end state, and at the end every live worker serves the current
- *     version and a drop some live worker watches was judged by a reload
- *     that ended (not only recorded by a coordinator that died).
+ *     version (and its canary twin on the canary, if one runs) and a
+ *     drop some live worker watches was judged by a reload that ended
+ *     (not only recorded by a coordinator that died).
  */
 
 #define N       2            /* worker slots */
@@ -22,6 +28,7 @@
 #define MAXV    2            /* versions: 1, then one reload */
 
 mtype = { NONE, PREPARE, COMMIT, ABORT };
+mtype = { RELOAD, CANARY, END };     /* what a coordinator does */
 
 /* the shared zone */
 byte   seq;
@@ -30,6 +37,8 @@ byte   cmd_ver;
 byte   owner;                /* coordinator id, 0: none */
 bool   owner_alive;
 byte   current = 1;
+byte   canary;               /* the canary's version, 0: none runs */
+byte   top = 1;              /* the highest version given: never again */
 byte   acked[N];
 bool   rc_ok[N];
 bool   alive[N];
@@ -43,6 +52,7 @@ byte   judged;               /* judgements of the drop that ended */
 /* per worker: versions of its runtimes and of their prepared twins */
 byte   rt[N * RT];
 byte   nx[N * RT];
+byte   cn[N * RT];           /* canary twins */
 byte   seen[N];
 bool   ev[N];                /* an inotify event not acted on yet */
 
@@ -94,6 +104,36 @@ inline drop_twins(i) {
 }
 
 
+/*
+ * canary_converge() of ngx_http_lua_ffi_canary.c: a committed canary
+ * adopts the twins prepared for it, a running one gets a twin beside
+ * every runtime, a promoted one's twins become the prepared ones (which
+ * converge() then switches to), a retired one's go.
+ */
+inline canary_converge(i) {
+    k = 0;
+    do
+    :: k < RT ->
+        c = cn[i * RT + k];
+        if
+        :: canary == 0 && c != 0 && c == current ->
+            nx[i * RT + k] = c;
+            cn[i * RT + k] = 0
+        :: canary == 0 && c != 0 && c != current ->
+            cn[i * RT + k] = 0
+        :: canary != 0 && nx[i * RT + k] == canary ->
+            cn[i * RT + k] = canary;
+            nx[i * RT + k] = 0
+        :: canary != 0 && nx[i * RT + k] != canary && rt[i * RT + k] != 0 ->
+            cn[i * RT + k] = canary
+        :: else
+        fi;
+        k++
+    :: else -> break
+    od
+}
+
+
 /* reconcile(): the table for workers in ngx_http_lua_ffi_reload.c */
 inline reconcile(i) {
     prepared_of(i, p);
@@ -101,9 +141,10 @@ inline reconcile(i) {
     :: p && cmd == PREPARE && cmd_ver == p && owner_alive -> skip
     :: else ->
         if
-        :: p && p != current -> drop_twins(i)
+        :: p && p != current && p != canary -> drop_twins(i)
         :: else
         fi;
+        canary_converge(i);
         converge(i)
     fi
 }
@@ -111,7 +152,7 @@ inline reconcile(i) {
 
 proctype Worker(byte i)
 {
-    byte j, k, p;
+    byte j, k, p, c;
 
 end:
     do
@@ -152,6 +193,10 @@ end:
         LIVE(i) && rt[i * RT + RT - 1] == 0 ->
         j = 0;
         rt[i * RT + j] = current;
+        if
+        :: canary -> cn[i * RT + j] = canary     /* canary_load() */
+        :: else
+        fi;
         prepared_of(i, p);
         if
         :: p -> nx[i * RT + j] = p
@@ -174,7 +219,7 @@ end:
         LIVE(i) && ev[i] && ACTOR(i) && spawned < 3 ->
         ev[i] = false;
         spawned++;
-        run Coordinator(2, true)
+        run Coordinator(2, true, RELOAD)
        }
     :: atomic { LIVE(i) && ev[i] && judged_new && !judging -> ev[i] = false }
 
@@ -187,7 +232,8 @@ end:
         ev[i] = false;
         k = 0;
         do
-        :: k < RT -> rt[i * RT + k] = 0; nx[i * RT + k] = 0; k++
+        :: k < RT ->
+            rt[i * RT + k] = 0; nx[i * RT + k] = 0; cn[i * RT + k] = 0; k++
         :: else -> break
         od;
         /* the new occupant: nothing of the old one's answers */
@@ -210,10 +256,10 @@ end:
 #define FAULT      (faults < MAXFAULTS) -> faults++
 
 
-proctype Coordinator(byte id; bool drop)
+proctype Coordinator(byte id; bool drop; mtype kind)
 {
     byte i, v, myseq;
-    bool ok, mine;
+    bool ok, mine, promote;
 
     /* WAIT */
     do
@@ -261,10 +307,39 @@ proctype Coordinator(byte id; bool drop)
     fi;
 
     if
-    :: current >= MAXV -> goto release
+    :: kind == END ->
+        /* promote or retire: no file, no prepare; 409 if none runs */
+        if
+        :: canary == 0 -> goto release
+        :: FAULT; goto dead
+        :: canary != 0 -> promote = true
+        :: canary != 0 -> promote = false
+        fi;
+        atomic {
+            seq++;
+            cmd = COMMIT;
+            if
+            :: promote -> current = canary
+            :: else
+            fi;
+            v = canary;
+            canary = 0;
+            myseq = seq
+        };
+        goto confirm
+    :: else
+    fi;
+
+    if
+    :: canary != 0 -> goto release   /* 409: a canary runs */
+    :: else
+    fi;
+
+    if
+    :: current >= MAXV || top >= MAXV -> goto release
     :: true -> goto release          /* refused: 409, 422 */
     :: FAULT; goto dead
-    :: current < MAXV -> v = current + 1
+    :: current < MAXV && top < MAXV -> v = top + 1
     fi;
 
     /* PREPARE */
@@ -285,15 +360,32 @@ proctype Coordinator(byte id; bool drop)
     fi;
 
     /* COMMIT */
-    atomic { seq++; cmd = COMMIT; current = v; myseq = seq }
+    atomic {
+        seq++;
+        cmd = COMMIT;
+        if
+        :: kind == CANARY -> canary = v
+        :: else -> current = v
+        fi;
+        top = v;
+        myseq = seq
+    };
+
+confirm:
     do
     :: atomic {
         (!LIVE(0) || acked[0] >= myseq) && (!LIVE(1) || acked[1] >= myseq) ->
-        /* 200: every live worker serves v */
+        /*
+         * 200: every live worker serves v; a canary's: every runtime has
+         * its twin on v; a promotion's or retirement's: none has one.
+         */
         i = 0;
         do
         :: i < N * RT ->
-            assert(!alive[i / RT] || rt[i] == 0 || rt[i] == v);
+            assert(!alive[i / RT] || rt[i] == 0
+                   || (kind == RELOAD && rt[i] == v)
+                   || (kind == CANARY && rt[i] == current && cn[i] == v)
+                   || (kind == END && rt[i] == current && cn[i] == 0));
             i++
         :: else -> break
         od;
@@ -363,6 +455,7 @@ proctype Check()
         do
         :: i < N * RT ->
             assert(!alive[i / RT] || rt[i] == 0 || rt[i] == current);
+            assert(!alive[i / RT] || rt[i] == 0 || cn[i] == canary);
             assert(nx[i] == 0);
             i++
         :: else -> break
@@ -381,8 +474,14 @@ init {
         rc_ok[1] = true;
         run Worker(0);
         run Worker(1);
-        run Coordinator(1, false);
-        run Drop();
+        /*
+         * A reload racing a drop, or a canary racing its promotion or
+         * retirement (no drop: the state space stays small enough).
+         */
+        if
+        :: run Coordinator(1, false, RELOAD); run Drop()
+        :: run Coordinator(1, false, CANARY); run Coordinator(3, false, END)
+        fi;
         run Check()
     }
 }

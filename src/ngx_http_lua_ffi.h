@@ -85,6 +85,11 @@
  * happen: new calls go to the new runtimes, and each old runtime gets its
  * NULL task and drains its in-flight calls. If any libffi_init fails, the
  * new runtimes get their NULL task instead and the old ones serve on.
+ * A canary reload (`&canary=P`) starts the new runtimes the same way but
+ * sends them only a share of the calls, for as long as the canary runs:
+ * both versions serve side by side until the admin promotes the new one
+ * (the old runtimes get their NULL task) or rolls it back (the new ones
+ * get it).
  * So, for a runtime of yours:
  *
  *   - two runtimes of the same library (two versions, or the same image

@@ -522,6 +522,39 @@ ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
 
 
 /*
+ * A canary runs beside the handle's runtime: a share of canary_pct calls
+ * in 100 goes to it, spread evenly (an accumulator, no clock, no lock);
+ * with a key, the hash of ngx.var[key] decides, so one key always lands
+ * on one version (a request without it is routed by call).
+ */
+
+static ngx_http_lua_ffi_runtime_t *
+ngx_http_lua_ffi_canary_pick(ngx_http_request_t *r,
+    ngx_http_lua_ffi_handle_t *h)
+{
+    ngx_http_variable_value_t  *vv;
+
+    if (h->canary_key.len) {
+        vv = ngx_http_get_variable(r, &h->canary_key, h->canary_hash);
+
+        if (vv && !vv->not_found && vv->len) {
+            return (ngx_crc32_short(vv->data, vv->len) % 100 < h->canary_pct)
+                   ? h->canary : h->runtime;
+        }
+    }
+
+    h->canary_acc += h->canary_pct;
+
+    if (h->canary_acc >= 100) {
+        h->canary_acc -= 100;
+        return h->canary;
+    }
+
+    return h->runtime;
+}
+
+
+/*
  * Posts a call from the current coroutine. On NGX_OK the Lua side yields;
  * the answer, a timeout or the caller's death decides what happens next.
  * *anchor is the task's index when the runtime reads req in place: Lua
@@ -574,6 +607,10 @@ ngx_http_lua_ffi_call_post(ngx_http_request_t *r,
      */
     in_place = (req != NULL && req_len >= NGX_HTTP_LUA_FFI_IN_PLACE
                 && ctx->vm_state == NULL);
+
+    if (h->canary) {
+        rt = ngx_http_lua_ffi_canary_pick(r, h);
+    }
 
     task = ngx_http_lua_ffi_task_alloc(rt->queue.id,
                                        (req && !in_place) ? (size_t) req_len

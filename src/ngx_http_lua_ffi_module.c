@@ -137,6 +137,13 @@ static ngx_command_t  ngx_http_lua_ffi_commands[] = {
       0,
       NULL },
 
+    { ngx_string("ffi_canary_guard"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_lua_ffi_canary_guard_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("ffi_admin_token"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -191,6 +198,7 @@ ngx_http_lua_ffi_create_main_conf(ngx_conf_t *cf)
 
     fmcf->watch = NGX_CONF_UNSET;
     fmcf->trial = NGX_CONF_UNSET;
+    fmcf->guard = NGX_CONF_UNSET_UINT;
     fmcf->status_cfg = NGX_CONF_UNSET;
     fmcf->busy_poll_us = NGX_CONF_UNSET_UINT;
     fmcf->queue_spin_us = NGX_CONF_UNSET_UINT;
@@ -219,6 +227,7 @@ ngx_http_lua_ffi_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(fmcf->watch, 0);
     ngx_conf_init_value(fmcf->trial, 1);
+    ngx_conf_init_uint_value(fmcf->guard, 0);
     ngx_conf_init_value(fmcf->status_cfg, 0);
     ngx_conf_init_uint_value(fmcf->busy_poll_us, 20);
     ngx_conf_init_uint_value(fmcf->queue_spin_us, 20);

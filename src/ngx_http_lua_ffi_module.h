@@ -191,6 +191,10 @@ struct ngx_http_lua_ffi_library_s {
     ngx_queue_t                   images;
     ngx_http_lua_ffi_image_t     *current;
     ngx_http_lua_ffi_image_t     *next;      /* prepared by a reload */
+    ngx_http_lua_ffi_image_t     *canary;    /* a canary's, or NULL */
+    ngx_uint_t                    canary_version;
+    ngx_uint_t                    canary_pct;
+    u_char                        canary_key[64];  /* lowercase, or "" */
     ngx_queue_t                   handles;
     ngx_uint_t                    version;
     ngx_uint_t                    reloads;
@@ -216,6 +220,11 @@ struct ngx_http_lua_ffi_handle_s {
     ngx_http_lua_ffi_library_t   *library;
     ngx_http_lua_ffi_runtime_t   *runtime;   /* NULL once unloaded */
     ngx_http_lua_ffi_runtime_t   *next;      /* prepared by a reload */
+    ngx_http_lua_ffi_runtime_t   *canary;    /* a share of calls, or NULL */
+    ngx_uint_t                    canary_pct;
+    ngx_uint_t                    canary_acc;  /* spreads them evenly */
+    ngx_str_t                     canary_key;  /* ngx.var name, lowercase */
+    ngx_uint_t                    canary_hash; /* of canary_key */
     ngx_str_t                     lib;       /* name it was loaded with */
     ngx_str_t                     cfg;
     ngx_msec_t                    timeout;   /* per call; 0: none */
@@ -275,6 +284,10 @@ typedef struct {
     ngx_msec_t                    reload_timeout;
     ngx_str_t                     shadow_path;
     ngx_str_t                     admin_token;
+    ngx_uint_t                    guard;       /* ffi_canary_guard on */
+    double                        guard_margin;
+    ngx_uint_t                    guard_min_calls;
+    ngx_msec_t                    guard_window;
     size_t                        shm_size;
     ngx_int_t                     history;       /* ffi_history N */
     ngx_shm_zone_t               *shm_zone;

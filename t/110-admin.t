@@ -69,6 +69,8 @@ my ($json) = check('reload', 'POST', '/ffi/reload?lib=demo', 200, undef,
 is($json->{lib}, 'demo', 'reload: lib');
 is($json->{version}, 2, 'reload: version');
 
+my $no_such = 'no such admin endpoint: use reload, promote, rollback, '
+            . 'status or metrics';
 for my $case (
     ['missing lib', '/ffi/reload', 400, 'missing lib argument'],
     ['empty lib', '/ffi/reload?lib=', 400, 'missing lib argument'],
@@ -85,12 +87,9 @@ for my $case (
     ['encoded traversal', '/ffi/reload?lib=..%2F..%2Fetc%2Fpasswd', 404,
      'unknown library'],
     ['percent-encoded name', '/ffi/reload?lib=%64%65%6D%6F', 200, undef],
-    ['unknown endpoint', '/ffi/restart', 404,
-     'no such admin endpoint: use reload, rollback, status or metrics'],
-    ['the location itself', '/ffi/', 404,
-     'no such admin endpoint: use reload, rollback, status or metrics'],
-    ['a path below reload', '/ffi/reload/x?lib=demo', 404,
-     'no such admin endpoint: use reload, rollback, status or metrics'],
+    ['unknown endpoint', '/ffi/restart', 404, $no_such],
+    ['the location itself', '/ffi/', 404, $no_such],
+    ['a path below reload', '/ffi/reload/x?lib=demo', 404, $no_such],
 )
 {
     my ($what, $path, $code, $error) = @$case;

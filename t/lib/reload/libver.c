@@ -42,6 +42,9 @@ typedef struct {
 
 static pthread_mutex_t  ver_lock = PTHREAD_MUTEX_INITIALIZER;
 static ver_runtime_t   *ver_runtimes;
+#ifdef FLAKY
+static unsigned long    ver_calls;
+#endif
 
 
 static char *
@@ -109,6 +112,13 @@ ver_poll(void *arg)
         }
 
         if (req && len == 7 && memcmp(req, "version", 7) == 0) {
+#ifdef FLAKY
+            /* a bad release: every other call fails (rc 1) */
+            if (__atomic_fetch_add(&ver_calls, 1, __ATOMIC_RELAXED) % 2) {
+                ngx_http_lua_ffi_respond(task, 1, NULL, 0);
+                continue;
+            }
+#endif
             ngx_http_lua_ffi_respond(task, 0, ver_dup(VERSION), 0);
             continue;
         }
