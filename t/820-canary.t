@@ -117,9 +117,10 @@ is($s, 400, 'canary=x is 400');
 ($s, $j) = post('promote', "lib=" . escape($ver));
 is($s, 409, 'promote without a canary is 409');
 is($j->{error}, 'no canary running', '... saying so');
+# without a canary, a rollback goes back in the history: there is none yet
 ($s, $j) = post('rollback', "lib=" . escape($ver));
-is($s, 409, 'rollback without a canary is 409');
-is($j->{error}, 'no canary running', '... saying so');
+is($s, 404, 'rollback without a canary goes to the history: none before 1');
+is($j->{error}, 'no version before version 1', '... saying so');
 ($s, $j) = post('promote', "lib=nosuch");
 is($s, 404, 'promote of an unknown library is 404');
 
