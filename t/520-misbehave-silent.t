@@ -125,7 +125,9 @@ my $t0 = time;
 FFITest::signal('QUIT');
 ok(FFITest::wait_exit($master, 6), 'nginx quit');
 my $secs = time - $t0;
-cmp_ok($secs, '<', 1 + 2, sprintf('within ffi_exit_timeout 1s + 2s (%.1f s)',
+# (the slack is for a loaded machine and the ASan build, whose exit alone
+# took 3.2 s there; an exit that waited for the calls would never end)
+cmp_ok($secs, '<', 1 + 4, sprintf('within ffi_exit_timeout 1s + 4s (%.1f s)',
                                    $secs));
 my %quit;
 $quit{ ($_->[1] // 'none') =~ /^(\S+ [^\d]+) \d+\n\z/ ? $1 : $_->[1] }++
