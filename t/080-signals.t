@@ -52,7 +52,13 @@ sub check_answers {
 # --- reload with calls in flight
 FFITest::start_nginx(%sections);
 ok(FFITest::wait_for_log('loaded its runtimes', 10, 2), 'both workers up');
-my @old = FFITest::worker_pids();
+# a worker is titled "worker process" only after its init_worker_by_lua*
+# ran, just after that log line: await the title
+my @old;
+my $t_end = time + 10;
+until ((@old = FFITest::worker_pids()) == 2 || time > $t_end) {
+    select(undef, undef, undef, 0.05);
+}
 is(scalar @old, 2, 'two workers');
 
 my $conns = FFITest::begin_requests(20, 'GET', sub { "/slow?i=$_[0]" });
