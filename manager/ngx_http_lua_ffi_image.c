@@ -7,6 +7,7 @@
 #include "ngx_http_lua_ffi_manager.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <dirent.h>
 #include <sys/random.h>
 #include <sys/statvfs.h>
@@ -850,11 +851,51 @@ ngx_http_lua_ffi_shadow_copy(ngx_http_lua_ffi_version_t *from,
 }
 
 
+/*
+ * A copy that stayed mapped after dlclose() (see image_close_fd) keeps its
+ * descriptor, and glibc knows the mapping as "/proc/self/fd/KEPT"; opening
+ * that same copy again (same device and inode: the file the SHA-256 was
+ * just checked on) finds it. Returns KEPT then, so that the image maps it
+ * by that name and holds that descriptor instead of one more; -1 for
+ * anything else glibc knows by the name.
+ */
+
+static int
+ngx_http_lua_ffi_image_kept_fd(void *dl, int fd)
+{
+    int               kept;
+    size_t            len;
+    struct stat       st, kst;
+    struct link_map  *lm;
+
+    if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || lm->l_name == NULL) {
+        return -1;
+    }
+
+    len = sizeof("/proc/self/fd/") - 1;
+
+    if (ngx_strncmp(lm->l_name, "/proc/self/fd/", len) != 0) {
+        return -1;
+    }
+
+    kept = ngx_atoi((u_char *) lm->l_name + len, ngx_strlen(lm->l_name + len));
+
+    if (kept == NGX_ERROR || kept == fd
+        || fstat(fd, &st) == -1 || fstat(kept, &kst) == -1
+        || st.st_dev != kst.st_dev || st.st_ino != kst.st_ino)
+    {
+        return -1;
+    }
+
+    return kept;
+}
+
+
 ngx_http_lua_ffi_image_t *
 ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
 {
-    int                        mode, fd;
+    int                        mode, fd, kept;
     void                      *dl, *init;
     u_char                     proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
     size_t                     len;
@@ -872,11 +913,19 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     /* glibc would answer with whatever it already knows by that name */
     dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
     if (dl) {
+        kept = ngx_http_lua_ffi_image_kept_fd(dl, fd);
         (void) dlclose(dl);
         (void) close(fd);
-        ngx_snprintf(err, errlen, "\"%s\" already names a mapped library%Z",
-                     proc);
-        return NULL;
+
+        if (kept == -1) {
+            ngx_snprintf(err, errlen,
+                         "\"%s\" already names a mapped library%Z", proc);
+            return NULL;
+        }
+
+        /* this very copy stayed mapped: map it by the name glibc knows */
+        fd = kept;
+        *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
     }
 
     /* threads that constructors start run where runtimes run */
