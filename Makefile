@@ -231,7 +231,7 @@ comma := ,
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
 	libver-fail.so libver-crashinit.so libver-crashctor.so \
 	libver-noisy.so libver-global.so libver-flaky.so \
-	libver-nodelete.so)
+	libver-nodelete.so libver-nodelete2.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
@@ -241,7 +241,7 @@ $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	  $(if $(filter crashctor,$*),-DCRASH_CTOR) \
 	  $(if $(filter noisy,$*),-DNOISY) \
 	  $(if $(filter flaky,$*),-DFLAKY) \
-	  $(if $(filter nodelete,$*),-Wl$(comma)-z$(comma)nodelete) \
+	  $(if $(findstring nodelete,$*),-Wl$(comma)-z$(comma)nodelete) \
 	  $(if $(filter global,$*),-DNEEDS_GLOBAL) -o $@ $< -ldl
 
 test-libs: $(TEST_LIBS)

@@ -7,7 +7,6 @@
 #include "ngx_http_lua_ffi_manager.h"
 
 #include <dlfcn.h>
-#include <link.h>
 #include <dirent.h>
 #include <sys/random.h>
 #include <sys/statvfs.h>
@@ -852,42 +851,73 @@ ngx_http_lua_ffi_shadow_copy(ngx_http_lua_ffi_version_t *from,
 
 
 /*
- * A copy that stayed mapped after dlclose() (see image_close_fd) keeps its
- * descriptor, and glibc knows the mapping as "/proc/self/fd/KEPT"; opening
- * that same copy again (same device and inode: the file the SHA-256 was
- * just checked on) finds it. Returns KEPT then, so that the image maps it
- * by that name and holds that descriptor instead of one more; -1 for
- * anything else glibc knows by the name.
+ * Copies that stayed mapped after dlclose() in this process (see
+ * image_close_fd): their descriptors stay open, and glibc knows each
+ * mapping as "/proc/self/fd/FD". Mapping such a copy again must use that
+ * name: dlopen() of the same inode under a new name would return the
+ * mapping and add the new name to it for good (so that number could never
+ * name another copy). Looked up by device and inode, before glibc is
+ * asked anything.
  */
 
+typedef struct {
+    dev_t   dev;
+    ino_t   ino;
+    int     fd;
+} ngx_http_lua_ffi_kept_t;
+
+static ngx_http_lua_ffi_kept_t  *ngx_http_lua_ffi_kept;
+static ngx_uint_t                ngx_http_lua_ffi_nkept;
+
+
 static int
-ngx_http_lua_ffi_image_kept_fd(void *dl, int fd)
+ngx_http_lua_ffi_image_kept_fd(int fd)
 {
-    int               kept;
-    size_t            len;
-    struct stat       st, kst;
-    struct link_map  *lm;
+    ngx_uint_t    i;
+    struct stat   st;
 
-    if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || lm->l_name == NULL) {
+    if (fstat(fd, &st) == -1) {
         return -1;
     }
 
-    len = sizeof("/proc/self/fd/") - 1;
-
-    if (ngx_strncmp(lm->l_name, "/proc/self/fd/", len) != 0) {
-        return -1;
+    for (i = 0; i < ngx_http_lua_ffi_nkept; i++) {
+        if (ngx_http_lua_ffi_kept[i].dev == st.st_dev
+            && ngx_http_lua_ffi_kept[i].ino == st.st_ino)
+        {
+            return ngx_http_lua_ffi_kept[i].fd;
+        }
     }
 
-    kept = ngx_atoi((u_char *) lm->l_name + len, ngx_strlen(lm->l_name + len));
+    return -1;
+}
 
-    if (kept == NGX_ERROR || kept == fd
-        || fstat(fd, &st) == -1 || fstat(kept, &kst) == -1
-        || st.st_dev != kst.st_dev || st.st_ino != kst.st_ino)
-    {
-        return -1;
+
+static void
+ngx_http_lua_ffi_image_keep_fd(int fd)
+{
+    struct stat               st;
+    ngx_http_lua_ffi_kept_t  *k;
+
+    if (ngx_http_lua_ffi_image_kept_fd(fd) == fd || fstat(fd, &st) == -1) {
+        return;
     }
 
-    return kept;
+    k = ngx_alloc((ngx_http_lua_ffi_nkept + 1) * sizeof(*k), ngx_cycle->log);
+    if (k == NULL) {
+        return;
+    }
+
+    if (ngx_http_lua_ffi_nkept) {
+        ngx_memcpy(k, ngx_http_lua_ffi_kept,
+                   ngx_http_lua_ffi_nkept * sizeof(*k));
+        ngx_free(ngx_http_lua_ffi_kept);
+    }
+
+    k[ngx_http_lua_ffi_nkept].dev = st.st_dev;
+    k[ngx_http_lua_ffi_nkept].ino = st.st_ino;
+    k[ngx_http_lua_ffi_nkept].fd = fd;
+    ngx_http_lua_ffi_kept = k;
+    ngx_http_lua_ffi_nkept++;
 }
 
 
@@ -908,24 +938,24 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
         return NULL;
     }
 
+    kept = ngx_http_lua_ffi_image_kept_fd(fd);
+
+    if (kept != -1) {
+        /* this very copy (the file just checked) stayed mapped */
+        (void) close(fd);
+        fd = kept;
+    }
+
     *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
 
     /* glibc would answer with whatever it already knows by that name */
-    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+    dl = (kept == -1) ? dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD) : NULL;
     if (dl) {
-        kept = ngx_http_lua_ffi_image_kept_fd(dl, fd);
         (void) dlclose(dl);
         (void) close(fd);
-
-        if (kept == -1) {
-            ngx_snprintf(err, errlen,
-                         "\"%s\" already names a mapped library%Z", proc);
-            return NULL;
-        }
-
-        /* this very copy stayed mapped: map it by the name glibc knows */
-        fd = kept;
-        *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
+        ngx_snprintf(err, errlen, "\"%s\" already names a mapped library%Z",
+                     proc);
+        return NULL;
     }
 
     /* threads that constructors start run where runtimes run */
@@ -1002,6 +1032,7 @@ ngx_http_lua_ffi_image_close_fd(ngx_http_lua_ffi_image_t *img)
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "ffi: \"%V\" version %ui stays mapped after dlclose()",
                       &img->library->path, img->version);
+        ngx_http_lua_ffi_image_keep_fd(img->fd);
         return;
     }
 

@@ -3,12 +3,14 @@
 # upstream's examples do: load, call, rt:__unload(), and again on the next
 # request. The worker maps the very file it already holds again (its
 # kept descriptor, the name glibc knows it by) instead of refusing it,
-# and the cycles cost no descriptor each.
+# and the cycles cost no descriptor each. A canary of another build, then
+# promote and rollback, work the same way between such cycles.
 use lib 't/lib';
 use lib 't/lib/misbehave';
 use FFITest;
-use MBTest qw(release install);
+use MBTest qw(release install escape);
 use Test::More;
+use JSON::PP;
 
 my $root = FFITest::servroot();
 my $dir = "$root/lib";
@@ -17,6 +19,7 @@ my $lib = "$dir/libsticky.so";
 install(release('nodelete'), $lib);
 
 my $config = <<"CONF";
+location /ffi/ { ffi_admin; allow 127.0.0.1; deny all; }
 location = /cycle {
     content_by_lua_block {
         local rt, err = ngx.load_ffi("$lib", nil, {unpin = true})
@@ -48,6 +51,36 @@ for my $i (1 .. 6) {
     is($n, $fds, "cycle $i: as many descriptors as after cycle 2")
         if $i > 2;
 }
+
+sub post {
+    my ($what, $args) = @_;
+    my ($status, $body) = FFITest::http('POST', "/ffi/$what?$args");
+    return ($status, $body);
+}
+
+sub cycles {
+    my ($n) = @_;
+    my %seen;
+    for (1 .. $n) {
+        my (undef, $body) = FFITest::http('GET', '/cycle');
+        $seen{$body}++;
+    }
+    return \%seen;
+}
+
+install(release('nodelete2'), $lib);
+my ($s, $body) = post('reload', 'lib=' . escape($lib) . '&canary=50');
+is($s, 200, 'a canary of another build') or diag($body);
+is_deeply(cycles(10), { "true nodelete false\n" => 5,
+                        "true nodelete2 false\n" => 5 },
+          'cycles: half on each version');
+($s, $body) = post('promote', 'lib=' . escape($lib));
+is($s, 200, 'promoted') or diag($body);
+is_deeply(cycles(4), { "true nodelete2 false\n" => 4 }, 'cycles on it');
+($s, $body) = post('rollback', 'lib=' . escape($lib));
+is($s, 200, 'rolled back') or diag($body);
+is_deeply(cycles(4), { "true nodelete false\n" => 4 },
+          'cycles on the bytes of version 1 again');
 unlike(FFITest::error_log(), qr/already names a mapped library/,
        'never refused');
 
