@@ -2,7 +2,8 @@
 # (a typo, an unknown name) is refused by the admin endpoint with 400
 # before anything is checked, instead of being accepted and then logging
 # "unknown variable" on every call it routes; a name in capitals means
-# what ngx.var means by it (ngx.var lowercases).
+# what ngx.var means by it (ngx.var lowercases). A rollback to a version
+# that was a retired canary says that, not that it fell out of the history.
 use lib 't/lib';
 use lib 't/lib/misbehave';
 use FFITest;
@@ -77,6 +78,20 @@ for my $u (1 .. 20) {
 ok($seen{"v1\n"} && $seen{"v2\n"}, 'users on both versions');
 unlike(FFITest::error_log(), qr/unknown "[^"]*" variable/,
        'no "unknown variable" in error.log');
+
+# ---- a retired canary never was current: the history has no copy of it,
+#      and the answer says so (not that it fell out)
+($s, $j, $body) = post('rollback', 'lib=' . escape($ver));
+is($s, 200, 'canary retired') or diag($body);
+is($j->{retired}, 2, '... version 2');
+install(release('v3'), $ver);
+($s, $j, $body) = post('reload', 'lib=' . escape($ver));
+is($s, 200, 'a plain reload') or diag($body);
+is($j->{version}, 3, '... is version 3');
+($s, $j, $body) = post('rollback', 'lib=' . escape($ver) . '&version=2');
+is($s, 422, 'rollback to the retired canary: 422') or diag($body);
+like($j->{error} // '', qr/version 2 never served as the current version/,
+     '... saying it was a canary that never served alone') or diag($body);
 
 FFITest::stop_nginx();
 done_testing();
