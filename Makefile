@@ -225,10 +225,13 @@ stop:
 
 # ---- tests ----
 
-# releases of one library for the reload tests
+# releases of one library for the reload tests (nodelete: stays mapped
+# after dlclose(), as a Rust or C++ library with a unique symbol does)
+comma := ,
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
 	libver-fail.so libver-crashinit.so libver-crashctor.so \
-	libver-noisy.so libver-global.so libver-flaky.so)
+	libver-noisy.so libver-global.so libver-flaky.so \
+	libver-nodelete.so libver-nodelete2.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
@@ -238,6 +241,7 @@ $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	  $(if $(filter crashctor,$*),-DCRASH_CTOR) \
 	  $(if $(filter noisy,$*),-DNOISY) \
 	  $(if $(filter flaky,$*),-DFLAKY) \
+	  $(if $(findstring nodelete,$*),-Wl$(comma)-z$(comma)nodelete) \
 	  $(if $(filter global,$*),-DNEEDS_GLOBAL) -o $@ $< -ldl
 
 test-libs: $(TEST_LIBS)

@@ -11,6 +11,8 @@
 
 
 static ngx_int_t ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_lua_ffi_admin_var_known(ngx_http_request_t *r,
+    ngx_str_t *key);
 static void ngx_http_lua_ffi_admin_done(void *data, ngx_int_t status,
     u_char *body, size_t len, u_char *msg);
 static void ngx_http_lua_ffi_admin_cleanup(void *data);
@@ -343,9 +345,51 @@ ngx_http_lua_ffi_admin_canary_args(ngx_http_request_t *r,
         }
     }
 
-    *key = v;
+    key->data = ngx_pnalloc(r->pool, v.len);
+    if (key->data == NULL) {
+        return NGX_ERROR;
+    }
 
-    return NGX_OK;
+    key->len = v.len;
+    ngx_memcpy(key->data, v.data, v.len);
+
+    return ngx_http_lua_ffi_admin_var_known(r, key);
+}
+
+
+/*
+ * A key names a variable as ngx.var does (lowercased, in place): one
+ * defined in the configuration or one of a prefix family (arg_, http_,
+ * cookie_, ...). NGX_DECLINED for a name no request can have: accepted,
+ * it would route every call by call and log "unknown variable" each time.
+ */
+
+static ngx_int_t
+ngx_http_lua_ffi_admin_var_known(ngx_http_request_t *r, ngx_str_t *key)
+{
+    ngx_uint_t                  i, hash;
+    ngx_http_variable_t        *pv;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_core_module);
+
+    hash = ngx_hash_strlow(key->data, key->data, key->len);
+
+    if (ngx_hash_find(&cmcf->variables_hash, hash, key->data, key->len)) {
+        return NGX_OK;
+    }
+
+    pv = cmcf->prefix_variables.elts;
+
+    for (i = 0; i < cmcf->prefix_variables.nelts; i++) {
+        if (key->len >= pv[i].name.len
+            && ngx_strncmp(key->data, pv[i].name.data, pv[i].name.len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -377,6 +421,7 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
 {
     int                            endpoint;
     ngx_int_t                      rc;
+    u_char                         msg[160];
     ngx_str_t                      rel, name, key;
     ngx_uint_t                     percent;
     ngx_http_cleanup_t            *cln;
@@ -489,9 +534,19 @@ ngx_http_lua_ffi_admin_handler(ngx_http_request_t *r)
 
     percent = 0;
 
-    if (endpoint == NGX_HTTP_LUA_FFI_ADMIN_RELOAD
-        && ngx_http_lua_ffi_admin_canary_args(r, &percent, &key) != NGX_OK)
-    {
+    rc = (endpoint == NGX_HTTP_LUA_FFI_ADMIN_RELOAD)
+         ? ngx_http_lua_ffi_admin_canary_args(r, &percent, &key) : NGX_OK;
+
+    if (rc == NGX_DECLINED) {
+        *ngx_snprintf(msg, sizeof(msg) - 1,
+                      "no variable \"%V\": key=VARIABLE names an nginx "
+                      "variable (arg_NAME, cookie_NAME, http_NAME or one "
+                      "the configuration defines)", &key) = '\0';
+        return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                            (char *) msg);
+    }
+
+    if (rc != NGX_OK) {
         return ngx_http_lua_ffi_admin_error(r, NGX_HTTP_BAD_REQUEST,
                        "bad canary argument: canary=P (1-99), key=VARIABLE "
                        "(letters, digits, _)");

@@ -283,6 +283,19 @@ ngx_http_lua_ffi_history_pick_locked(ngx_http_lua_ffi_shm_lib_t *sl,
     }
 
     if (found == NULL) {
+        /* versions fall out oldest first: an older one kept means this
+         * one never entered (a canary that was retired) */
+        for (i = 0; i < sl->history.n; i++) {
+            if (sl->history.e[i].v.version
+                && sl->history.e[i].v.version < target)
+            {
+                ngx_snprintf(err, errlen, "version %ui never served as the "
+                             "current version (a canary that was retired): "
+                             "the history keeps no copy of it%Z", target);
+                return NGX_HTTP_UNPROCESSABLE_ENTITY;
+            }
+        }
+
         ngx_snprintf(err, errlen, "version %ui fell out of the history "
                      "(ffi_history %i keeps the last versions), its copy is "
                      "gone%Z", target, ngx_http_lua_ffi_fmcf->history);

@@ -850,11 +850,82 @@ ngx_http_lua_ffi_shadow_copy(ngx_http_lua_ffi_version_t *from,
 }
 
 
+/*
+ * Copies that stayed mapped after dlclose() in this process (see
+ * image_close_fd): their descriptors stay open, and glibc knows each
+ * mapping as "/proc/self/fd/FD". Mapping such a copy again must use that
+ * name: dlopen() of the same inode under a new name would return the
+ * mapping and add the new name to it for good (so that number could never
+ * name another copy). Looked up by device and inode, before glibc is
+ * asked anything.
+ */
+
+typedef struct {
+    dev_t   dev;
+    ino_t   ino;
+    int     fd;
+} ngx_http_lua_ffi_kept_t;
+
+static ngx_http_lua_ffi_kept_t  *ngx_http_lua_ffi_kept;
+static ngx_uint_t                ngx_http_lua_ffi_nkept;
+
+
+static int
+ngx_http_lua_ffi_image_kept_fd(int fd)
+{
+    ngx_uint_t    i;
+    struct stat   st;
+
+    if (fstat(fd, &st) == -1) {
+        return -1;
+    }
+
+    for (i = 0; i < ngx_http_lua_ffi_nkept; i++) {
+        if (ngx_http_lua_ffi_kept[i].dev == st.st_dev
+            && ngx_http_lua_ffi_kept[i].ino == st.st_ino)
+        {
+            return ngx_http_lua_ffi_kept[i].fd;
+        }
+    }
+
+    return -1;
+}
+
+
+static void
+ngx_http_lua_ffi_image_keep_fd(int fd)
+{
+    struct stat               st;
+    ngx_http_lua_ffi_kept_t  *k;
+
+    if (ngx_http_lua_ffi_image_kept_fd(fd) == fd || fstat(fd, &st) == -1) {
+        return;
+    }
+
+    k = ngx_alloc((ngx_http_lua_ffi_nkept + 1) * sizeof(*k), ngx_cycle->log);
+    if (k == NULL) {
+        return;
+    }
+
+    if (ngx_http_lua_ffi_nkept) {
+        ngx_memcpy(k, ngx_http_lua_ffi_kept,
+                   ngx_http_lua_ffi_nkept * sizeof(*k));
+        ngx_free(ngx_http_lua_ffi_kept);
+    }
+
+    k[ngx_http_lua_ffi_nkept].dev = st.st_dev;
+    k[ngx_http_lua_ffi_nkept].ino = st.st_ino;
+    k[ngx_http_lua_ffi_nkept].fd = fd;
+    ngx_http_lua_ffi_kept = k;
+    ngx_http_lua_ffi_nkept++;
+}
+
+
 ngx_http_lua_ffi_image_t *
 ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
 {
-    int                        mode, fd;
+    int                        mode, fd, kept;
     void                      *dl, *init;
     u_char                     proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
     size_t                     len;
@@ -867,10 +938,18 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
         return NULL;
     }
 
+    kept = ngx_http_lua_ffi_image_kept_fd(fd);
+
+    if (kept != -1) {
+        /* this very copy (the file just checked) stayed mapped */
+        (void) close(fd);
+        fd = kept;
+    }
+
     *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
 
     /* glibc would answer with whatever it already knows by that name */
-    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+    dl = (kept == -1) ? dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD) : NULL;
     if (dl) {
         (void) dlclose(dl);
         (void) close(fd);
@@ -953,6 +1032,7 @@ ngx_http_lua_ffi_image_close_fd(ngx_http_lua_ffi_image_t *img)
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "ffi: \"%V\" version %ui stays mapped after dlclose()",
                       &img->library->path, img->version);
+        ngx_http_lua_ffi_image_keep_fd(img->fd);
         return;
     }
 

@@ -523,7 +523,9 @@ ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
 
 /*
  * A canary runs beside the handle's runtime: a share of canary_pct calls
- * in 100 goes to it, spread evenly (an accumulator, no clock, no lock);
+ * in 100 goes to it, spread evenly (an accumulator per library in this
+ * worker, so that a handle made per request gets its share too; no clock,
+ * no lock);
  * with a key, the hash of ngx.var[key] decides, so one key always lands
  * on one version (a request without it is routed by call).
  */
@@ -532,6 +534,7 @@ static ngx_http_lua_ffi_runtime_t *
 ngx_http_lua_ffi_canary_pick(ngx_http_request_t *r,
     ngx_http_lua_ffi_handle_t *h)
 {
+    ngx_uint_t                 *acc;
     ngx_http_variable_value_t  *vv;
 
     if (h->canary_key.len) {
@@ -543,10 +546,11 @@ ngx_http_lua_ffi_canary_pick(ngx_http_request_t *r,
         }
     }
 
-    h->canary_acc += h->canary_pct;
+    acc = &h->library->canary_acc;
+    *acc += h->canary_pct;
 
-    if (h->canary_acc >= 100) {
-        h->canary_acc -= 100;
+    if (*acc >= 100) {
+        *acc -= 100;
         return h->canary;
     }
 

@@ -194,6 +194,8 @@ struct ngx_http_lua_ffi_library_s {
     ngx_http_lua_ffi_image_t     *canary;    /* a canary's, or NULL */
     ngx_uint_t                    canary_version;
     ngx_uint_t                    canary_pct;
+    /* spreads calls evenly over all handles, a handle per request too */
+    ngx_uint_t                    canary_acc;
     u_char                        canary_key[64];  /* lowercase, or "" */
     ngx_queue_t                   handles;
     ngx_uint_t                    version;
@@ -222,7 +224,6 @@ struct ngx_http_lua_ffi_handle_s {
     ngx_http_lua_ffi_runtime_t   *next;      /* prepared by a reload */
     ngx_http_lua_ffi_runtime_t   *canary;    /* a share of calls, or NULL */
     ngx_uint_t                    canary_pct;
-    ngx_uint_t                    canary_acc;  /* spreads them evenly */
     ngx_str_t                     canary_key;  /* ngx.var name, lowercase */
     ngx_uint_t                    canary_hash; /* of canary_key */
     ngx_str_t                     lib;       /* name it was loaded with */
