@@ -269,6 +269,10 @@ ngx_http_lua_ffi_history_pick_locked(ngx_http_lua_ffi_shm_lib_t *sl,
 
         target = found ? found->v.version : cur - 1;
 
+    } else if (target > cur && target <= sl->top_version) {
+        /* numbers above the current one were given to canaries only */
+        goto never_current;
+
     } else if (target > cur) {
         ngx_snprintf(err, errlen, "no version %ui (the current version is "
                      "%ui)%Z", target, cur);
@@ -289,10 +293,7 @@ ngx_http_lua_ffi_history_pick_locked(ngx_http_lua_ffi_shm_lib_t *sl,
             if (sl->history.e[i].v.version
                 && sl->history.e[i].v.version < target)
             {
-                ngx_snprintf(err, errlen, "version %ui never served as the "
-                             "current version (a canary that was retired): "
-                             "the history keeps no copy of it%Z", target);
-                return NGX_HTTP_UNPROCESSABLE_ENTITY;
+                goto never_current;
             }
         }
 
@@ -305,6 +306,13 @@ ngx_http_lua_ffi_history_pick_locked(ngx_http_lua_ffi_shm_lib_t *sl,
     *v = found->v;
 
     return NGX_OK;
+
+never_current:
+
+    ngx_snprintf(err, errlen, "version %ui never served as the current "
+                 "version (a canary that was retired): the history keeps no "
+                 "copy of it%Z", target);
+    return NGX_HTTP_UNPROCESSABLE_ENTITY;
 }
 
 

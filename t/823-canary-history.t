@@ -81,6 +81,10 @@ is_deeply(answers(40), { "true v2\n" => 40 }, 'every call on v2 again');
 is(lib()->{canary}, undef, 'status: no canary');
 is((grep { $_->{version} == 3 } @{ lib()->{history} }), 0,
    'a retired canary is not in the history');
+($s, $j) = post('rollback', 'lib=' . escape($ver) . '&version=3');
+is($s, 422, 'rollback to the retired canary, above the current version: 422');
+like($j->{error}, qr/version 3 never served as the current version/,
+     '... saying it never served (not that it never was)');
 
 # --- a second canary gets a new number; promoted, it enters the history
 ($s, $j) = post('reload', 'lib=' . escape($ver) . '&canary=50');
