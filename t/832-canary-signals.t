@@ -3,7 +3,8 @@
 # it runs again it converges; a worker killed and respawned mid-canary
 # routes as the others do; the coordinator of a promotion killed -9 while
 # a worker lags leaves a state the next operation can act on, and every
-# worker converges on it.
+# worker converges on it; nginx -s reload while a promotion waits for a
+# lagging worker: the promotion answers, the new workers serve it alone.
 use lib 't/lib', 't/lib/misbehave';
 use strict;
 use warnings;
@@ -168,6 +169,33 @@ is($s, 200, 'the next operation ends: 200') or diag $body;
 ok(all_serve($sl->{canary} ? '4' : '5'), 'every worker converges on it')
     or diag explain serving();
 $_->close for $ca, $cb;
+
+# ---- nginx -s reload while a promotion waits for a lagging worker
+install(release('v3'), $ver);
+$ca = WorkerConn->to_worker($a2);
+($s, $j, $body) = post_on($ca, 'reload', '&canary=50');
+is($s, 200, 'canary of v3') or diag $body;
+my $c3 = $j->{version};
+my ($w1, $w2) = workers(2);
+my $lag = $w1 == $a2 ? $w2 : $w1;
+FFITest::signal('STOP', $lag);
+$ca->send_request('POST', '/ffi/promote?lib=' . escape($ver));
+$ca2 = WorkerConn->to_worker($a2);
+ok(wait_until(sub { (answers_on($ca2, 6)->{"v3\n"} // 0) == 6 }, 20),
+   'the coordinator published the promotion and waits');
+$ca2->close;
+FFITest::signal('HUP');
+ok(wait_until(sub {
+       grep { $_ != $a2 && $_ != $lag } FFITest::worker_pids()
+   }, 20), 'HUP: new workers start');
+FFITest::signal('CONT', $lag);
+($s, $body) = $ca->read_response(30);
+ok($s == 200 || $s == 202, "the promotion answers ($s)") or diag $body;
+$ca->close;
+ok(FFITest::wait_exit($a2, 20) && FFITest::wait_exit($lag, 20),
+   'the old workers exit');
+ok(all_serve($c3), "the new workers serve version $c3 alone")
+    or diag explain serving();
 
 FFITest::stop_nginx();
 my @bad = grep { /\[alert\]|\[emerg\]|segfault|exited on signal/
