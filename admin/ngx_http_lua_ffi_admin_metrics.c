@@ -4,6 +4,7 @@
  */
 
 #include "ngx_http_lua_ffi_metrics.h"
+#include "ngx_http_lua_ffi_canary.h"
 
 
 #define NGX_HTTP_LUA_FFI_SERIES_BYTES  5120
@@ -536,6 +537,13 @@ ngx_http_lua_ffi_admin_metrics(ngx_http_request_t *r)
     }
 
     n = ngx_http_lua_ffi_metrics_merge(sh, series, retired);
+
+    /* the canary gauges as every worker routes, from the shared zone */
+    for (i = 0; i < sh->nlibs; i++) {
+        ngx_http_lua_ffi_canary_now(sh->libs[i].path,
+                                    &sh->libs[i].canary_version,
+                                    &sh->libs[i].canary_percent);
+    }
 
     for (procs = 0, i = 0; i < NGX_HTTP_LUA_FFI_METRICS_PROCS; i++) {
         procs += (sh->procs[i].pid != 0);

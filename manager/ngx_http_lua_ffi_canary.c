@@ -491,6 +491,42 @@ ngx_http_lua_ffi_canary_status_shm(u_char *p, u_char *last,
 }
 
 
+/*
+ * The canary of the library at path as the shared zone has it (0: none),
+ * for ffi_canary_version and ffi_canary_percent: the coordinator that
+ * ended it may have died before it could say so in the metrics zone.
+ */
+
+void
+ngx_http_lua_ffi_canary_now(u_char *path, ngx_uint_t *version,
+    ngx_uint_t *percent)
+{
+    ngx_int_t   i;
+    ngx_str_t   p;
+
+    *version = 0;
+    *percent = 0;
+
+    if (ngx_http_lua_ffi_shm == NULL) {
+        return;
+    }
+
+    p.data = path;
+    p.len = ngx_strlen(path);
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    i = ngx_http_lua_ffi_shm_find_path(&p);
+
+    if (i != NGX_ERROR) {
+        *version = ngx_http_lua_ffi_shm->libs[i].canary.version;
+        *percent = ngx_http_lua_ffi_shm->libs[i].canary_pct;
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+}
+
+
 /* ---- ffi_canary_guard ---- */
 
 

@@ -162,6 +162,14 @@ my $want = $sl->{canary} ? '2,4' : '4';
 is((values %{ serving() })[0], $want,
    "the workers serve what the shared zone says ($want)");
 
+# the metrics say what the shared zone says
+my (undef, $m) = FFITest::http('GET', '/ffi/metrics');
+my ($gauge) = $m =~ /^ffi_canary_version\{lib="\Q$ver\E"\} (\d+)$/m;
+is($gauge, $sl->{canary} ? 4 : 0,
+   'ffi_canary_version: ' . ($sl->{canary} ? 4 : 0) . ', as the status');
+my ($cur) = $m =~ /^ffi_library_version\{lib="\Q$ver\E"\} (\d+)$/m;
+is($cur, $sl->{version}, "ffi_library_version: $sl->{version}, as the status");
+
 # the next operation is not refused as busy
 $ca = WorkerConn->to_worker($a2);
 ($s, $j, $body) = post_on($ca, $sl->{canary} ? 'promote' : 'rollback');
