@@ -642,7 +642,16 @@ ngx_http_lua_ffi_guard_check(ngx_http_lua_ffi_library_t *lib)
         return;
     }
 
-    if (now - sl->guard_start >= window) {
+    /*
+     * Counts below the window's start: a full metrics table moved this
+     * version's oldest series to "retired", or another worker started the
+     * window from a newer reading. No difference to judge (it would wrap
+     * around): a new window starts.
+     */
+    if (now - sl->guard_start >= window
+        || oa < sl->guard_base[0] || ob < sl->guard_base[1]
+        || na < sl->guard_base[2] || nb < sl->guard_base[3])
+    {
         sl->guard_start = now;
         sl->guard_base[0] = oa;
         sl->guard_base[1] = ob;
