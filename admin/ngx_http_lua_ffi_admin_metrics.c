@@ -4,11 +4,25 @@
  */
 
 #include "ngx_http_lua_ffi_metrics.h"
+#include "ngx_http_lua_ffi_canary.h"
 
 
 #define NGX_HTTP_LUA_FFI_SERIES_BYTES  5120
 #define NGX_HTTP_LUA_FFI_LIB_BYTES     8192
 #define NGX_HTTP_LUA_FFI_PROC_BYTES    1024
+
+/*
+ * The lines that carry a library's name, each once, escaped: a series has
+ * one per family (and the table's end) and per histogram line; a library
+ * one per line of render_libraries(). The BYTES above are for the rest of
+ * each line.
+ */
+#define NGX_HTTP_LUA_FFI_SERIES_LINES                                         \
+    (sizeof(ngx_http_lua_ffi_families) / sizeof(ngx_http_lua_ffi_family_t)   \
+     + NGX_HTTP_LUA_FFI_BUCKETS + 2)
+#define NGX_HTTP_LUA_FFI_LIB_LINES                                            \
+    (2 + 2 * NGX_HTTP_LUA_FFI_RELOAD_OUTCOMES                                 \
+     + NGX_HTTP_LUA_FFI_DROP_OUTCOMES + 2 + 3)
 
 
 typedef ngx_http_lua_ffi_metrics_shm_t   ngx_http_lua_ffi_msh_t;
@@ -121,6 +135,21 @@ ngx_http_lua_ffi_label_value(u_char *p, u_char *last, u_char *s)
     }
 
     return p;
+}
+
+
+/* The bytes a label value takes once escaped. */
+
+static size_t
+ngx_http_lua_ffi_label_len(u_char *s)
+{
+    size_t  n;
+
+    for (n = 0; *s; s++) {
+        n += (*s == '\\' || *s == '"' || *s == '\n') ? 2 : 1;
+    }
+
+    return n;
 }
 
 
@@ -509,6 +538,13 @@ ngx_http_lua_ffi_admin_metrics(ngx_http_request_t *r)
 
     n = ngx_http_lua_ffi_metrics_merge(sh, series, retired);
 
+    /* the canary gauges as every worker routes, from the shared zone */
+    for (i = 0; i < sh->nlibs; i++) {
+        ngx_http_lua_ffi_canary_now(sh->libs[i].path,
+                                    &sh->libs[i].canary_version,
+                                    &sh->libs[i].canary_percent);
+    }
+
     for (procs = 0, i = 0; i < NGX_HTTP_LUA_FFI_METRICS_PROCS; i++) {
         procs += (sh->procs[i].pid != 0);
     }
@@ -516,6 +552,17 @@ ngx_http_lua_ffi_admin_metrics(ngx_http_request_t *r)
     size = 4096 + n * NGX_HTTP_LUA_FFI_SERIES_BYTES
            + sh->nlibs * NGX_HTTP_LUA_FFI_LIB_BYTES
            + procs * NGX_HTTP_LUA_FFI_PROC_BYTES;
+
+    /* every line of a library or a series names it: long names, more */
+    for (i = 0; i < n; i++) {
+        size += NGX_HTTP_LUA_FFI_SERIES_LINES
+                * ngx_http_lua_ffi_label_len(sh->libs[series[i]->lib].name);
+    }
+
+    for (i = 0; i < sh->nlibs; i++) {
+        size += NGX_HTTP_LUA_FFI_LIB_LINES
+                * ngx_http_lua_ffi_label_len(sh->libs[i].name);
+    }
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {

@@ -491,6 +491,42 @@ ngx_http_lua_ffi_canary_status_shm(u_char *p, u_char *last,
 }
 
 
+/*
+ * The canary of the library at path as the shared zone has it (0: none),
+ * for ffi_canary_version and ffi_canary_percent: the coordinator that
+ * ended it may have died before it could say so in the metrics zone.
+ */
+
+void
+ngx_http_lua_ffi_canary_now(u_char *path, ngx_uint_t *version,
+    ngx_uint_t *percent)
+{
+    ngx_int_t   i;
+    ngx_str_t   p;
+
+    *version = 0;
+    *percent = 0;
+
+    if (ngx_http_lua_ffi_shm == NULL) {
+        return;
+    }
+
+    p.data = path;
+    p.len = ngx_strlen(path);
+
+    ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
+
+    i = ngx_http_lua_ffi_shm_find_path(&p);
+
+    if (i != NGX_ERROR) {
+        *version = ngx_http_lua_ffi_shm->libs[i].canary.version;
+        *percent = ngx_http_lua_ffi_shm->libs[i].canary_pct;
+    }
+
+    ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+}
+
+
 /* ---- ffi_canary_guard ---- */
 
 
@@ -606,7 +642,16 @@ ngx_http_lua_ffi_guard_check(ngx_http_lua_ffi_library_t *lib)
         return;
     }
 
-    if (now - sl->guard_start >= window) {
+    /*
+     * Counts below the window's start: a full metrics table moved this
+     * version's oldest series to "retired", or another worker started the
+     * window from a newer reading. No difference to judge (it would wrap
+     * around): a new window starts.
+     */
+    if (now - sl->guard_start >= window
+        || oa < sl->guard_base[0] || ob < sl->guard_base[1]
+        || na < sl->guard_base[2] || nb < sl->guard_base[3])
+    {
         sl->guard_start = now;
         sl->guard_base[0] = oa;
         sl->guard_base[1] = ob;

@@ -58,6 +58,8 @@ ngx_int_t ngx_http_lua_ffi_canary_converge(ngx_http_lua_ffi_library_t *lib,
 void ngx_http_lua_ffi_canary_load(ngx_http_lua_ffi_library_t *lib);
 u_char *ngx_http_lua_ffi_canary_status(u_char *p, u_char *last,
     ngx_http_lua_ffi_library_t *lib);
+void ngx_http_lua_ffi_canary_now(u_char *path, ngx_uint_t *version,
+    ngx_uint_t *percent);
 u_char *ngx_http_lua_ffi_canary_status_shm(u_char *p, u_char *last,
     ngx_http_lua_ffi_shm_lib_t *sl);
 

@@ -14,17 +14,77 @@ ngx_http_lua_ffi_main_conf_t  *ngx_http_lua_ffi_fmcf;
 
 static ngx_int_t ngx_http_lua_ffi_shm_init(ngx_shm_zone_t *zone, void *data);
 static void ngx_http_lua_ffi_shm_reclaim_locked(void);
+static size_t ngx_http_lua_ffi_shm_old_size(ngx_conf_t *cf);
 
 static ngx_str_t  ngx_http_lua_ffi_shm_name = ngx_string("lua_resty_ffi");
+
+
+/* The size of the running configuration's zone (nginx -s reload), or 0. */
+
+static size_t
+ngx_http_lua_ffi_shm_old_size(ngx_conf_t *cf)
+{
+    ngx_uint_t        i;
+    ngx_cycle_t      *old;
+    ngx_list_part_t  *part;
+    ngx_shm_zone_t   *zone;
+
+    old = cf->cycle->old_cycle;
+
+    if (old == NULL || ngx_is_init_cycle(old)) {
+        return 0;
+    }
+
+    part = &old->shared_memory.part;
+    zone = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            zone = part->elts;
+            i = 0;
+        }
+
+        if (zone[i].shm.name.len == ngx_http_lua_ffi_shm_name.len
+            && ngx_strncmp(zone[i].shm.name.data,
+                           ngx_http_lua_ffi_shm_name.data,
+                           ngx_http_lua_ffi_shm_name.len) == 0)
+        {
+            return zone[i].shm.size;
+        }
+    }
+}
 
 
 ngx_int_t
 ngx_http_lua_ffi_shm_add(ngx_conf_t *cf, ngx_http_lua_ffi_main_conf_t *fmcf)
 {
+    size_t           old;
     ngx_shm_zone_t  *zone;
 
     if (fmcf->shm_size < sizeof(ngx_http_lua_ffi_shm_t) + 65536) {
         fmcf->shm_size = sizeof(ngx_http_lua_ffi_shm_t) + 65536;
+    }
+
+    /*
+     * nginx maps a zone of another size afresh: every library's versions,
+     * history and kept shadow copies would be forgotten, and version
+     * numbers given again. The running configuration serves on instead.
+     */
+    old = ngx_http_lua_ffi_shm_old_size(cf);
+
+    if (old && old != fmcf->shm_size) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "ffi_shm_size cannot change from %uz to %uz on "
+                           "nginx -s reload: its zone holds every library's "
+                           "versions and history; restart nginx to resize "
+                           "it", old, fmcf->shm_size);
+        return NGX_ERROR;
     }
 
     zone = ngx_shared_memory_add(cf, &ngx_http_lua_ffi_shm_name,
