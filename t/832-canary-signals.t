@@ -133,11 +133,13 @@ ok($seen->{"v2\n"} && $seen->{"v1\n"}
    'its calls go to both versions') or diag explain $seen;
 
 # ---- the coordinator killed -9 while it waits for a lagging worker
+# (connections made before the stop: a new one may queue at the stopped
+# worker's listen socket, where nothing accepts it)
+my $ca2 = WorkerConn->to_worker($a);
 FFITest::signal('STOP', $b2);
 $ca->send_request('POST', '/ffi/promote?lib=' . escape($ver));
 # A carries the command out as it publishes it: its calls go to version 4
 # (v1) alone from then on, while it waits for B (ffi_reload_timeout 10s)
-my $ca2 = WorkerConn->to_worker($a);
 ok(wait_until(sub { (answers_on($ca2, 6)->{"v1\n"} // 0) == 6 }, 20),
    'A published the promotion and waits for B');
 $ca2->close;
@@ -186,9 +188,9 @@ is($s, 200, 'canary of v3') or diag $body;
 my $c3 = $j->{version};
 my ($w1, $w2) = workers(2);
 my $lag = $w1 == $a2 ? $w2 : $w1;
+$ca2 = WorkerConn->to_worker($a2);
 FFITest::signal('STOP', $lag);
 $ca->send_request('POST', '/ffi/promote?lib=' . escape($ver));
-$ca2 = WorkerConn->to_worker($a2);
 ok(wait_until(sub { (answers_on($ca2, 6)->{"v3\n"} // 0) == 6 }, 20),
    'the coordinator published the promotion and waits');
 $ca2->close;
