@@ -525,7 +525,10 @@ ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
  * A canary runs beside the handle's runtime: a share of canary_pct calls
  * in 100 goes to it, spread evenly (an accumulator, no clock, no lock);
  * with a key, the hash of ngx.var[key] decides, so one key always lands
- * on one version (a request without it is routed by call).
+ * on one version (a request without it is routed by call). A fake request
+ * (ngx.timer) has no client: variables such as $binary_remote_addr would
+ * read its NULL address (ngx.var is barred there for that), so its calls
+ * are routed by call too.
  */
 
 static ngx_http_lua_ffi_runtime_t *
@@ -534,7 +537,7 @@ ngx_http_lua_ffi_canary_pick(ngx_http_request_t *r,
 {
     ngx_http_variable_value_t  *vv;
 
-    if (h->canary_key.len) {
+    if (h->canary_key.len && r->connection->fd != (ngx_socket_t) -1) {
         vv = ngx_http_get_variable(r, &h->canary_key, h->canary_hash);
 
         if (vv && !vv->not_found && vv->len) {
