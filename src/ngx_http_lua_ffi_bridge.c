@@ -148,6 +148,32 @@ ngx_http_lua_ffi_bridge_stop_polling(void)
 }
 
 
+/*
+ * Whether a runtime still holds a request read in place: a string of the
+ * Lua VM, which the cycle's pool closes when the worker leaves.
+ */
+
+ngx_uint_t
+ngx_http_lua_ffi_bridge_holds_lua(void)
+{
+    ngx_queue_t              *q;
+    ngx_http_lua_ffi_task_t  *task;
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.calls);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.calls);
+         q = ngx_queue_next(q))
+    {
+        task = ngx_queue_data(q, ngx_http_lua_ffi_task_t, inflight);
+
+        if (task->in_place) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 void
 ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
 {
