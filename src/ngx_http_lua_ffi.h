@@ -43,7 +43,8 @@
  * with no argument, and then len is 0. len may be passed as NULL. The
  * buffer is READ-ONLY (char * only for upstream's signature): from 16 KB on
  * it is the Lua string itself, not a copy, kept alive until you answer,
- * also when Lua stopped waiting (timeout, client gone). Copy what you want
+ * also when Lua stopped waiting (timeout, client gone) and while the
+ * worker leaves with your runtime abandoned. Copy what you want
  * to change or keep after the answer.
  *
  * A task is an opaque handle, pointer-sized and never 0: pass it back as

@@ -148,6 +148,32 @@ ngx_http_lua_ffi_bridge_stop_polling(void)
 }
 
 
+/*
+ * Whether a runtime still holds a request read in place: a string of the
+ * Lua VM, which the cycle's pool closes when the worker leaves.
+ */
+
+ngx_uint_t
+ngx_http_lua_ffi_bridge_holds_lua(void)
+{
+    ngx_queue_t              *q;
+    ngx_http_lua_ffi_task_t  *task;
+
+    for (q = ngx_queue_head(&ngx_http_lua_ffi_worker.calls);
+         q != ngx_queue_sentinel(&ngx_http_lua_ffi_worker.calls);
+         q = ngx_queue_next(q))
+    {
+        task = ngx_queue_data(q, ngx_http_lua_ffi_task_t, inflight);
+
+        if (task->in_place) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 void
 ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
 {
@@ -527,7 +553,10 @@ ngx_http_lua_ffi_busy_handler(ngx_event_t *ev)
  * worker, so that a handle made per request gets its share too; no clock,
  * no lock);
  * with a key, the hash of ngx.var[key] decides, so one key always lands
- * on one version (a request without it is routed by call).
+ * on one version (a request without it is routed by call). A fake request
+ * (ngx.timer) has no client: variables such as $binary_remote_addr would
+ * read its NULL address (ngx.var is barred there for that), so its calls
+ * are routed by call too.
  */
 
 static ngx_http_lua_ffi_runtime_t *
@@ -537,7 +566,7 @@ ngx_http_lua_ffi_canary_pick(ngx_http_request_t *r,
     ngx_uint_t                 *acc;
     ngx_http_variable_value_t  *vv;
 
-    if (h->canary_key.len) {
+    if (h->canary_key.len && r->connection->fd != (ngx_socket_t) -1) {
         vv = ngx_http_get_variable(r, &h->canary_key, h->canary_hash);
 
         if (vv && !vv->not_found && vv->len) {

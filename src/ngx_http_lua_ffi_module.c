@@ -22,6 +22,7 @@ static void ngx_http_lua_ffi_exit_master(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_close_fds(void *data);
 static ngx_int_t ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle);
 static void ngx_http_lua_ffi_leave(void);
+static void ngx_http_lua_ffi_leave_early(void *data);
 
 
 /* ffi_history N: a version's shadow copy and record live in shared memory */
@@ -517,6 +518,7 @@ ngx_http_lua_ffi_pin_self(ngx_cycle_t *cycle)
 static void
 ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_pool_cleanup_t         *cln;
     ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
 
     if (!w->ready) {
@@ -543,6 +545,24 @@ ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
                           "ffi: atexit() failed: library destructors will "
                           "run at exit");
         }
+
+        /*
+         * A thread of theirs may still read a request in place, a string
+         * of the Lua VM that the cycle's pool closes (and unmaps): leave
+         * before. Added last, this cleanup runs first.
+         */
+        if (ngx_http_lua_ffi_bridge_holds_lua()) {
+            cln = ngx_pool_cleanup_add(cycle->pool, 0);
+
+            if (cln == NULL) {
+                ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                              "ffi: no memory: the Lua VM closes under a "
+                              "request a runtime may still read");
+
+            } else {
+                cln->handler = ngx_http_lua_ffi_leave_early;
+            }
+        }
     }
 
     w->ready = 0;
@@ -552,6 +572,16 @@ ngx_http_lua_ffi_exit_process(ngx_cycle_t *cycle)
 static void
 ngx_http_lua_ffi_leave(void)
 {
+    _exit(0);
+}
+
+
+/* What nginx does after the cycle's pool, before it: the Lua VM stays. */
+
+static void
+ngx_http_lua_ffi_leave_early(void *data)
+{
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0, "exit");
     _exit(0);
 }
 

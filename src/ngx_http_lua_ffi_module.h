@@ -307,6 +307,7 @@ extern ngx_http_lua_ffi_worker_t   ngx_http_lua_ffi_worker;
 /* bridge: the event loop side */
 ngx_int_t ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd);
 void ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle);
+ngx_uint_t ngx_http_lua_ffi_bridge_holds_lua(void);
 void ngx_http_lua_ffi_bridge_wake(void);
 void ngx_http_lua_ffi_bridge_stop_polling(void);
 

@@ -2,7 +2,8 @@
 # string's own bytes (NUL-terminated by LuaJIT), no copy. The string stays
 # alive until the runtime answered, also when Lua stopped waiting (timeout,
 # thread killed, client gone) and the garbage collector ran in between: the
-# runtime (libffi_hold) checks every byte when it lets the request go.
+# runtime (libffi_hold) checks every byte when it lets the request go. A
+# per-request VM (lua_code_cache off) ends with its request: copied there.
 use lib 't/lib';
 use FFITest;
 
@@ -217,5 +218,35 @@ GET /t
 --- timeout: 0.5
 --- wait_for_log
 gone: true, 1 intact 0 changed, 64
+--- no_error_log
+[error]
+
+
+
+=== TEST 7: lua_code_cache off: a VM per request, so large requests are copied
+--- config
+location = /t {
+    lua_code_cache off;
+    content_by_lua_block {
+        local ffi = require "ffi"
+        local rt = assert(ngx.load_ffi("ffi_hold"))
+        local req = "addr" .. string.rep("o", 100000)
+        local ok, res = rt:call(req)
+        local p = ffi.cast("intptr_t", ffi.cast("const char *", req))
+        ngx.say(tostring(ok), " ",
+                res == string.format("%.0f", tonumber(p)) and "in place"
+                or "copied")
+        -- held past this request: its VM closes before the late answer
+        ngx.say(select(2, rt:call("hold" .. string.rep("h", 100000), 0.01)))
+        collectgarbage("collect")
+        ngx.say(select(2, rt:call("release")))
+    }
+}
+--- request
+GET /t
+--- response_body
+true copied
+timeout
+1 intact 0 changed
 --- no_error_log
 [error]

@@ -1,7 +1,7 @@
 /*
  * libffi_hold: holds requests until told to let them go, then checks that
  * every byte of each (and the NUL after it) is still what it was when the
- * task was taken: for t/026-request-in-place.t.
+ * task was taken: for t/026-request-in-place.t and t/027.
  */
 
 #include <pthread.h>
@@ -31,6 +31,10 @@ typedef struct {
     held_t        held[MAX_HELD];
     int           nheld;
 } hold_t;
+
+
+/* where "read" puts what it reads, so that the reads are done */
+static volatile uint64_t  sink;
 
 
 /* FNV-1a over the request and the NUL after it */
@@ -92,7 +96,8 @@ release(hold_t *h, void *task)
 /*
  * "hold...": held, unanswered, until "release", which answers "I intact
  * C changed"; "count": how many are held; "addr...": the address of the
- * request buffer, in decimal
+ * request buffer, in decimal; "read...": read over and over, for good,
+ * never answered (a runtime stuck in its request while the worker exits)
  */
 static void *
 serve(void *arg)
@@ -119,6 +124,11 @@ serve(void *arg)
 
         } else if (req && len == 5 && memcmp(req, "count", 5) == 0) {
             answer(task, 0, "%ld", h->nheld, 0);
+
+        } else if (req && len >= 4 && memcmp(req, "read", 4) == 0) {
+            for ( ;; ) {
+                sink = hash(req, len);
+            }
 
         } else if (req && len >= 4 && memcmp(req, "addr", 4) == 0) {
             answer(task, 0, "%ld", (long) (uintptr_t) req, 0);
