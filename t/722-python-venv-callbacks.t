@@ -36,12 +36,15 @@ def prefix_from_callback():
         db.close()
 
 
+# at import, in the thread that loads the runtime
+AT_IMPORT = prefix_from_callback()
+
 atexit.register(lambda: print("t722 ends, callback in", prefix_from_callback()))
 
 
 @resty_ffi.handler
 def prefix(req):
-    return prefix_from_callback()
+    return prefix_from_callback() + " " + AT_IMPORT
 PY
 close $fh or die "t722.py: $!\n";
 
@@ -66,12 +69,13 @@ ok(FFITest::start_nginx(
    ), 'nginx up');
 
 my ($st, $res) = FFITest::http('GET', '/prefix', undef, undef, 20);
-is("$st $res", "200 true /usr\n",
+is("$st $res", "200 true /usr /usr\n",
    'main interpreter: the callback sees the system prefix');
 
 ($st, $res) = FFITest::http('GET', '/prefix?venv=1', undef, undef, 20);
-is("$st $res", "200 true $venv\n",
-   'venv runtime: a callback in the handler runs in its sub-interpreter');
+is("$st $res", "200 true $venv $venv\n",
+   'venv runtime: a callback in the handler, and at import, runs in its '
+   . 'sub-interpreter');
 
 ok(FFITest::wait_for_log(qr/t722 ends, callback in \Q$venv\E$/m, 20),
    '... and in an atexit hook, as the sub-interpreter ends');
