@@ -39,7 +39,8 @@ def prefix_from_callback():
 # at import, in the thread that loads the runtime
 AT_IMPORT = prefix_from_callback()
 
-atexit.register(lambda: print("t722 ends, callback in", prefix_from_callback()))
+atexit.register(
+    lambda: print("t722 ends, callback in", prefix_from_callback()))
 
 
 @resty_ffi.handler
