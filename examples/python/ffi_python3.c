@@ -94,24 +94,12 @@ typedef struct {
 } ffi_python_runtime_t;
 
 
-/* a venv runtime's load, handed to the thread that does it */
-typedef struct {
-    ffi_python_cfg_t    *cfg;
-    void                *tq;
-    PyThreadState       *lent;      /* the main interpreter's, for it */
-    int                  rc;
-} ffi_python_load_t;
-
-
 /* the state of module resty_ffi, one per interpreter */
 typedef struct {
     PyObject  *dict_error;
 } ffi_python_module_state_t;
 
 
-static int ffi_python_load_aside(ffi_python_cfg_t *cfg, void *tq);
-static void *ffi_python_load_thread(void *data);
-static int ffi_python_load(ffi_python_cfg_t *cfg, void *tq);
 static int ffi_python_setup(void *tq);
 static int ffi_python_start_interpreter(void);
 static int ffi_python_setup_interpreter(void);
@@ -162,8 +150,11 @@ static __thread void   *ffi_python_tq;
 int
 libffi_init(char *cfg, void *tq)
 {
-    int                rc;
+    int                rc, handler;
     char              *buf;
+    void              *saved_tq;
+    PyObject          *module, *function;
+    PyThreadState     *main, *sub;
     PyGILState_STATE   gil;
     ffi_python_cfg_t   parsed;
 
@@ -195,96 +186,6 @@ libffi_init(char *cfg, void *tq)
     }
 
     gil = PyGILState_Ensure();
-
-    rc = (parsed.venv != NULL) ? ffi_python_load_aside(&parsed, tq)
-                               : ffi_python_load(&parsed, tq);
-
-    PyGILState_Release(gil);
-    free(buf);
-
-    return rc;
-}
-
-
-/*
- * A venv runtime is loaded by a thread of its own, the caller waiting: a
- * thread's PyGILState thread state is the first one it makes, and this
- * one's is the new sub-interpreter's, so a C callback into Python at import
- * or in init() runs there (the caller's is the main interpreter's). The
- * new thread takes the GIL through a thread state of the main interpreter
- * made here.
- */
-
-static int
-ffi_python_load_aside(ffi_python_cfg_t *cfg, void *tq)
-{
-    int                 rc;
-    pthread_t           thread;
-    PyThreadState      *caller;
-    ffi_python_load_t   load;
-
-    load.cfg = cfg;
-    load.tq = tq;
-    load.rc = 1;
-    load.lent = PyThreadState_New(PyInterpreterState_Main());
-    if (load.lent == NULL) {
-        return 1;
-    }
-
-    caller = PyEval_SaveThread();
-
-    rc = pthread_create(&thread, NULL, ffi_python_load_thread, &load);
-    if (rc == 0) {
-        (void) pthread_join(thread, NULL);
-    }
-
-    PyEval_RestoreThread(caller);
-
-    if (rc != 0) {
-        fprintf(stderr, "ffi_python3: pthread_create() failed: %s\n",
-                strerror(rc));
-        PyThreadState_Clear(load.lent);
-        PyThreadState_Delete(load.lent);
-    }
-
-    return load.rc;
-}
-
-
-static void *
-ffi_python_load_thread(void *data)
-{
-    ffi_python_load_t  *load;
-
-    load = data;
-
-    PyEval_RestoreThread(load->lent);
-
-    load->rc = ffi_python_load(load->cfg, load->tq);
-
-    /* the main interpreter's lent state is current again: ends with it */
-    PyThreadState_Clear(load->lent);
-    PyThreadState_DeleteCurrent();
-
-    return NULL;
-}
-
-
-/*
- * With the GIL, in the main interpreter: starts the runtime of cfg, in a
- * new sub-interpreter for venv=, and returns to the main interpreter.
- */
-
-static int
-ffi_python_load(ffi_python_cfg_t *cfg, void *tq)
-{
-    int                rc, handler;
-    void              *saved_tq;
-    PyObject          *module, *function;
-    PyThreadState     *main, *sub;
-    ffi_python_cfg_t   parsed;
-
-    parsed = *cfg;
 
     rc = 1;
     handler = 0;
@@ -348,6 +249,9 @@ done:
         /* a started handler's poll thread ends the interpreter itself */
         ffi_python_leave_interpreter(sub, main, rc == 0 && handler);
     }
+
+    PyGILState_Release(gil);
+    free(buf);
 
     return rc;
 }
