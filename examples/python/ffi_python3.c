@@ -110,6 +110,7 @@ static int ffi_python_use_venv(const char *venv);
 static void ffi_python_leave_interpreter(PyThreadState *sub,
     PyThreadState *main, int keep);
 static void *ffi_python_reap(void *data);
+static PyThreadState *ffi_python_adopt(PyThreadState *lent);
 static void ffi_python_end_interpreter(PyThreadState *ts);
 static void ffi_python_refused(const char *module);
 static int ffi_python_parse_cfg(char *buf, ffi_python_cfg_t *cfg);
@@ -682,12 +683,45 @@ ffi_python_reap(void *data)
 {
     PyThreadState  *ts;
 
-    ts = data;
-    PyEval_RestoreThread(ts);
+    ts = ffi_python_adopt(data);
 
     ffi_python_end_interpreter(ts);
 
     return NULL;
+}
+
+
+/*
+ * Run first by a thread of ours that runs a sub-interpreter's Python (a
+ * handler's poll thread, a reaper): takes the GIL through lent, the thread
+ * state made for it by the thread that started it, replaces lent with one
+ * this thread makes itself, and returns that one current, the GIL held.
+ * Only a thread state made by the thread that uses it is the one
+ * PyGILState_Ensure() finds there: with lent, a C callback into Python
+ * (sqlite3's, ctypes', cffi's, Cython's "with gil") would run in the main
+ * interpreter. lent still exists when ours is made: see
+ * ffi_python_leave_interpreter().
+ */
+
+static PyThreadState *
+ffi_python_adopt(PyThreadState *lent)
+{
+    PyThreadState  *own;
+
+    PyEval_RestoreThread(lent);
+
+    own = PyThreadState_New(PyThreadState_GetInterpreter(lent));
+    if (own == NULL) {
+        fprintf(stderr, "ffi_python3: no memory for a thread state; C "
+                "callbacks of this runtime run in the main interpreter\n");
+        return lent;
+    }
+
+    (void) PyThreadState_Swap(own);
+    PyThreadState_Clear(lent);
+    PyThreadState_Delete(lent);
+
+    return own;
 }
 
 
@@ -1185,8 +1219,9 @@ ffi_python_start_handler(PyObject *marked, ffi_python_cfg_t *cfg, void *tq,
  * The poll thread of a handler runtime. It keeps one thread state for its
  * life and holds the GIL only while Python code runs: never while it waits
  * for a task, and never while it hands a response to nginx. In a
- * sub-interpreter its thread state is that interpreter's (PyGILState knows
- * the main interpreter only), and it ends the interpreter after close().
+ * sub-interpreter its thread state is that interpreter's, made by the
+ * thread itself (ffi_python_adopt()), and it ends the interpreter after
+ * close().
  */
 
 static void *
@@ -1204,8 +1239,12 @@ ffi_python_poll(void *data)
 
     if (rt->interp == NULL) {
         gil = PyGILState_Ensure();
-        rt->ts = PyEval_SaveThread();
+
+    } else {
+        (void) ffi_python_adopt(rt->ts);
     }
+
+    rt->ts = PyEval_SaveThread();
 
     for ( ;; ) {
         task = ngx_http_lua_ffi_task_poll(rt->tq);
