@@ -51,6 +51,46 @@ mv -f "$out/uds_echo_go.tmp" "$out/uds_echo_go"
     -Wl,--build-id=0xbe0c0b00000000000000000000000000000000b2 \
     -o "$out/libdemo-b.so" examples/c/demo.c
 
+# the module as it was just before the metrics (issue 15), for the A/B of
+# their per-call cost: that commit's tree, built by its own Makefile in
+# build/bench-before (kept between runs; a lock: the smoke test may build
+# it at the same time); no git checkout, or no such commit: no A/B
+before_rev=${BENCH_BEFORE_REV:-e596f2d}
+before=$repo/build/bench-before
+if rev=$(git -C "$repo" rev-parse -q --verify "$before_rev^{commit}" \
+         2>/dev/null); then
+    mkdir -p "$before"
+    (
+        flock 9
+        if [ "$(cat "$before/rev" 2>/dev/null)" != "$rev" ] \
+           || [ ! -f "$before/src/build/ngx_http_lua_ffi_module.so" ]; then
+            echo "bench: building the module at $before_rev in" \
+                 "build/bench-before (the metrics A/B)"
+            rm -rf "$before/src" "$before/rev"
+            mkdir -p "$before/src/build"
+            git -C "$repo" archive "$rev" | tar -x -C "$before/src"
+            # lua-nginx-module's source is the same: no apt-get source
+            if [ -f build/lua-nginx-module/.version ]; then
+                ln -s "$repo/build/lua-nginx-module" \
+                    "$before/src/build/lua-nginx-module"
+            fi
+            make -s -C "$before/src" module >"$before/build.log" 2>&1 || {
+                tail -30 "$before/build.log" >&2
+                echo "bench: the module at $before_rev did not build" >&2
+                exit 1
+            }
+            echo "$rev" >"$before/rev"
+        fi
+    ) 9>"$before/lock"
+    export BENCH_BEFORE_MODULE=$before/src/build/ngx_http_lua_ffi_module.so
+    export BENCH_BEFORE_LUA=$before/src/lua
+    export BENCH_BEFORE_REV=$(git -C "$repo" rev-parse --short "$rev")
+    unset BENCH_BEFORE_SKIP
+else
+    export BENCH_BEFORE_SKIP="not a git checkout with commit $before_rev"
+    echo "bench: metrics A/B skipped: $BENCH_BEFORE_SKIP" >&2
+fi
+
 # the driver leads its own process group (nginx, uds_echo, wrk, perf run
 # in it): the trap stops that group if the driver itself cannot
 driver=
