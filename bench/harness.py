@@ -73,6 +73,10 @@ MCOST_N = knob("MCOST_N", 20000, 5000, 10)
 BEFORE_MODULE = os.environ.get("BENCH_BEFORE_MODULE")
 BEFORE_LUA = os.environ.get("BENCH_BEFORE_LUA")
 BEFORE_REV = os.environ.get("BENCH_BEFORE_REV", "")
+# the other side: the module under test, or one built at BENCH_AFTER_REV
+AFTER_MODULE = os.environ.get("BENCH_AFTER_MODULE")
+AFTER_LUA = os.environ.get("BENCH_AFTER_LUA")
+AFTER_REV = os.environ.get("BENCH_AFTER_REV", "")
 BEFORE_SKIP = os.environ.get("BENCH_BEFORE_SKIP") or (
     None if BEFORE_MODULE else "no module before the metrics was built")
 

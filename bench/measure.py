@@ -10,13 +10,13 @@ import statistics
 import threading
 import time
 
-from harness import (BEFORE_LUA, BEFORE_MODULE, BEFORE_REV, BEFORE_SKIP,
-                     LABEL, LIB, MCOST_N, MCOST_ROUNDS, MEM_CALLS,
-                     MEM_RELOADS, RELOAD_EVERY_MS,
-                     RELOADS, SEQ_N, SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES,
-                     SEQ_WAYS,
-                     SETTLE_TIMEOUT, WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS,
-                     WRK_SIZE, log, percentile, wait_for)
+from harness import (AFTER_LUA, AFTER_MODULE, AFTER_REV, BEFORE_LUA,
+                     BEFORE_MODULE, BEFORE_REV, BEFORE_SKIP, LABEL, LIB,
+                     MCOST_N, MCOST_ROUNDS, MEM_CALLS, MEM_RELOADS,
+                     RELOAD_EVERY_MS, RELOADS, SEQ_N, SEQ_ROUND_SECS,
+                     SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, SETTLE_TIMEOUT, WAYS,
+                     WRK_CONNS, WRK_ROUNDS, WRK_SECS, WRK_SIZE, log,
+                     percentile, wait_for)
 
 
 # ---- (1) sequential round trips ----
@@ -310,14 +310,18 @@ def run_metrics_cost(b):
         return
 
     log("== metrics cost (%s): the C demo through the module at %s (before "
-        "the metrics) and this one, %d rounds each: %d sequential 512 B "
+        "the metrics) and %s, %d rounds each: %d sequential 512 B "
         "calls, then wrk -c32 for %d s"
-        % (MCOST_MODE, BEFORE_REV, MCOST_ROUNDS, MCOST_N, WRK_SECS))
+        % (MCOST_MODE, BEFORE_REV,
+           "the one at " + AFTER_REV if AFTER_MODULE else "this one",
+           MCOST_ROUNDS, MCOST_N, WRK_SECS))
     sides = {
         "before": {"module": BEFORE_MODULE, "lua_dir": BEFORE_LUA},
-        "after": {},
+        "after": ({"module": AFTER_MODULE, "lua_dir": AFTER_LUA}
+                  if AFTER_MODULE else {}),
     }
-    r = {"before_rev": BEFORE_REV, "mode": MCOST_MODE, "n": MCOST_N,
+    r = {"before_rev": BEFORE_REV, "after_rev": AFTER_REV if AFTER_MODULE
+         else None, "mode": MCOST_MODE, "n": MCOST_N,
          "rounds": MCOST_ROUNDS, "wrk_secs": WRK_SECS,
          "load": [list(os.getloadavg())]}
     for side in sides:

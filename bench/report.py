@@ -475,6 +475,13 @@ def report_profile(w, prof):
     w("")
 
 
+def after_name(m):
+    if m.get("after_rev"):
+        return ("the module at %s (BENCH_AFTER_REV, built in "
+                "build/bench-after the same way)" % m["after_rev"])
+    return "this build (the module under test)"
+
+
 def report_mcost(w, m):
     w("## 6. Per-call cost of the metrics (issue 15)")
     w("")
@@ -486,23 +493,23 @@ def report_mcost(w, m):
     w("The metrics (`GET /ffi/metrics`) count every call in a shared zone "
       "and cannot be turned off, so their cost is an A/B of two builds: "
       "the module at %s (the commit before them, built by bench/run.sh in "
-      "build/bench-before, with its own lua/resty_ffi.lua) against this "
-      "one. Both run the same nginx.conf (only the C demo, %s, no "
+      "build/bench-before, with its own lua/resty_ffi.lua) against %s. "
+      "Both run the same nginx.conf (only the C demo, %s, no "
       "BENCH_HTTP_CONF) and the same build of the demo. %d rounds, each "
       "\"before, after\" (every other round \"after, before\"), each side "
       "a fresh nginx: %s sequential 512 B calls from one coroutine (after "
       "100 warm-up calls), then wrk -c32 for %d s. The median round stands "
       "for each side; noise is the wider spread (max - min) / median of "
       "the two sides' rounds. Load average before / after: %s / %s."
-      % (m["before_rev"], MODE_TITLE[m["mode"]], m["rounds"],
-         num(m["n"]), m["wrk_secs"],
+      % (m["before_rev"], after_name(m), MODE_TITLE[m["mode"]],
+         m["rounds"], num(m["n"]), m["wrk_secs"],
          " ".join("%.2f" % x for x in m["load"][0]),
          " ".join("%.2f" % x for x in m["load"][-1])))
     w("")
     seq, rps, seq_noise, rps_noise = mcost_figures(m)
     a, z = m["before"], m["after"]
-    w("| ffi C | before (%s) | after (this build) | after / before | "
-      "noise |" % m["before_rev"])
+    w("| ffi C | before (%s) | after (%s) | after / before | noise |"
+      % (m["before_rev"], m.get("after_rev") or "this build"))
     w("|---|---:|---:|---:|---:|")
     w("| sequential 512 B, µs per call | %.2f (%s) | %.2f (%s) | %.3f | "
       "%.0f%% |" % (a["us"], spread(a["seq"]), z["us"], spread(z["seq"]),
