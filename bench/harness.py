@@ -189,10 +189,11 @@ class Bench:
                 raise RuntimeError("uds server %s exited with %d"
                                    % (key, uds.returncode))
 
-    def knows_runtime_cpus(self):
+    def knows_runtime_cpus(self, **conf):
         """Whether the module has ffi_runtime_cpus: nginx -t of the
-        benchmark's configuration in mode (c)."""
-        path = self.write_conf("inherit", free_port(), "nginx-t.conf")
+        benchmark's configuration in mode (c) (conf: write_conf's)."""
+        path = self.write_conf("inherit", free_port(), "nginx-t.conf",
+                               **conf)
         r = subprocess.run([NGINX, "-t", "-p", PREFIX, "-c", path],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)

@@ -12,7 +12,7 @@ import time
 
 from harness import (AFTER_LUA, AFTER_MODULE, AFTER_REV, BEFORE_LUA,
                      BEFORE_MODULE, BEFORE_REV, BEFORE_SKIP, LABEL, LIB,
-                     MCOST_N, MCOST_ROUNDS, MEM_CALLS, MEM_RELOADS,
+                     MCOST_N, MCOST_ROUNDS, MODE_TITLE, MEM_CALLS, MEM_RELOADS,
                      RELOAD_EVERY_MS, RELOADS, SEQ_N, SEQ_ROUND_SECS,
                      SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, SETTLE_TIMEOUT, WAYS,
                      WRK_CONNS, WRK_ROUNDS, WRK_SECS, WRK_SIZE, log,
@@ -295,7 +295,10 @@ def run_memory(b):
 
 # ---- (5) the metrics' per-call cost (issue 15) ----
 
-# the A/B's CPU mode: where production runs (bound workers)
+# the A/B's CPU mode: where production runs (bound workers); a module
+# with ffi_runtime_cpus runs with "inherit", so that its runtime threads
+# share their worker's CPU as they did before that directive: the same
+# placement on both sides
 MCOST_MODE = "pinned"
 
 
@@ -325,13 +328,19 @@ def run_metrics_cost(b):
          "rounds": MCOST_ROUNDS, "wrk_secs": WRK_SECS,
          "load": [list(os.getloadavg())]}
     for side in sides:
-        r[side] = {"seq": [], "rps": [], "requests": 0, "errors": 0}
+        mode = MCOST_MODE
+        if b.knows_runtime_cpus(runtimes=["c"], http_conf="",
+                                **sides[side]):
+            mode = "inherit"
+        r[side] = {"seq": [], "rps": [], "requests": 0, "errors": 0,
+                   "mode": mode}
+        log("  %s: %s" % (side, MODE_TITLE[mode]))
     for i in range(MCOST_ROUNDS):
         order = ["before", "after"] if i % 2 == 0 else ["after", "before"]
         for side in order:
             # only the C demo, and nothing the old module lacks (no
             # BENCH_HTTP_CONF): the same configuration for both
-            b.start_nginx(MCOST_MODE, runtimes=["c"], http_conf="",
+            b.start_nginx(r[side]["mode"], runtimes=["c"], http_conf="",
                           **sides[side])
             got = r[side]
             got["seq"].append(seq_round(b, "ffi-c", 512, MCOST_N))

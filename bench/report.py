@@ -494,14 +494,18 @@ def report_mcost(w, m):
       "and cannot be turned off, so their cost is an A/B of two builds: "
       "the module at %s (the commit before them, built by bench/run.sh in "
       "build/bench-before, with its own lua/resty_ffi.lua) against %s. "
-      "Both run the same nginx.conf (only the C demo, %s, no "
-      "BENCH_HTTP_CONF) and the same build of the demo. %d rounds, each "
-      "\"before, after\" (every other round \"after, before\"), each side "
-      "a fresh nginx: %s sequential 512 B calls from one coroutine (after "
-      "100 warm-up calls), then wrk -c32 for %d s. The median round stands "
-      "for each side; noise is the wider spread (max - min) / median of "
-      "the two sides' rounds. Load average before / after: %s / %s."
-      % (m["before_rev"], after_name(m), MODE_TITLE[m["mode"]],
+      "Both run the same nginx.conf: only the C demo (the same build of "
+      "it), no BENCH_HTTP_CONF, and where runtime threads run as the old "
+      "module ran them, on their worker's CPU (before: %s; after: %s). "
+      "%d rounds, each \"before, after\" (every other round \"after, "
+      "before\"), each side a fresh nginx: %s sequential 512 B calls from "
+      "one coroutine (after 100 warm-up calls), then wrk -c32 for %d s. "
+      "The median round stands for each side; noise is the wider spread "
+      "(max - min) / median of the two sides' rounds. Load average before "
+      "/ after: %s / %s."
+      % (m["before_rev"], after_name(m),
+         MODE_TITLE[m["before"].get("mode", m["mode"])],
+         MODE_TITLE[m["after"].get("mode", m["mode"])],
          m["rounds"], num(m["n"]), m["wrk_secs"],
          " ".join("%.2f" % x for x in m["load"][0]),
          " ".join("%.2f" % x for x in m["load"][-1])))
