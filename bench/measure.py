@@ -63,8 +63,8 @@ def run_sequential(b):
     b.results.setdefault("seq", []).extend(rows)
 
 
-def spread(values):
-    return "%.1f-%.1f" % (min(values), max(values))
+def spread(values, fmt="%.1f"):
+    return (fmt + "-" + fmt) % (min(values), max(values))
 
 
 # ---- (2) throughput ----
@@ -361,5 +361,5 @@ def run_metrics_cost(b):
         % (r["before"]["us"], spread(r["before"]["seq"]), r["after"]["us"],
            spread(r["after"]["seq"])))
     log("  wrk c32: before %.0f req/s (%s), after %.0f (%s)"
-        % (r["before"]["rps_median"], spread(r["before"]["rps"]),
-           r["after"]["rps_median"], spread(r["after"]["rps"])))
+        % (r["before"]["rps_median"], spread(r["before"]["rps"], "%.0f"),
+           r["after"]["rps_median"], spread(r["after"]["rps"], "%.0f")))
