@@ -295,11 +295,8 @@ sub worker_pids {
         next unless $stat =~ /^\d+ \(.*\) (\S) (\d+) /s;
         next if $1 eq 'Z';
         next unless $2 == $MASTER_PID;
-        # a worker is titled only after its init_worker_by_lua* ran, so a
-        # child still titled as its master is a worker about to be
-        # (nginx forks nothing else here: no cache manager or loader)
         my $cmdline = _slurp("/proc/$pid/cmdline");
-        push @pids, $pid if $cmdline =~ /worker process|master process/;
+        push @pids, $pid if $cmdline =~ /worker process/;
     }
 
     return @pids;
