@@ -262,8 +262,8 @@ def targets(b):
 
 
 METRICS_TARGET = ("metrics cost within noise (issue 15): ffi C, sequential "
-                  "512 B and wrk c32, metrics zone on (this module) vs the "
-                  "module before it")
+                  "512 B and wrk c32, metrics zone on (after) vs the module "
+                  "before it (section 6)")
 
 
 def noise(values):
