@@ -134,8 +134,11 @@ local function uds_call(sock, req)
 end
 
 
-function _M.init(paths)
+-- paths: the unix-socket servers'; keys: the runtimes each worker starts
+-- (nil: all; the metrics A/B starts only the C demo)
+function _M.init(paths, keys)
     uds_paths = paths
+    RUNTIME_KEYS = keys or RUNTIME_KEYS
 end
 
 

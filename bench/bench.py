@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-# The benchmark of issues 7 and 16 (run by bench/run.sh): every language's
-# runtime through ffi vs unix-socket servers vs pure Lua, in each CPU mode;
-# reload latency, memory, and a profile; writes bench/results.* (BENCH_OUT).
+# The benchmark of issues 7, 16 and 15 (run by bench/run.sh): every
+# language's runtime through ffi vs unix-socket servers vs pure Lua, in each
+# CPU mode; reload latency, memory, a profile, and the metrics' per-call
+# cost (this module against the one before them); writes bench/results.*
+# (BENCH_OUT).
 
 import json
 import os
@@ -74,6 +76,8 @@ def main():
                 timed(ffiprofile.run_profile, b,
                       ["seq512", "wrk32", "wrk32lua"])
             b.stop_nginx()
+        # after the modes: its nginx restarts do not disturb their runs
+        timed(measure.run_metrics_cost, b)
     finally:
         b.stop_all()
 

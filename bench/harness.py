@@ -63,6 +63,22 @@ MEM_RELOADS = knob("MEM_RELOADS", 1000, 20, 3)
 PROFILE = knob("PROFILE", 1, 1, 0) != 0
 PROFILE_N = knob("PROFILE_N", 50000, 5000, 100)
 PROFILE_SECS = knob("PROFILE_SECS", 5, 2, 1)
+# the metrics A/B (issue 15): rounds of "before, after" (every other round
+# "after, before"), each a fresh nginx with the C demo: MCOST_N sequential
+# 512 B calls, then wrk -c32 for WRK_SECS
+MCOST_ROUNDS = knob("MCOST_ROUNDS", 5, 3, 1)
+MCOST_N = knob("MCOST_N", 20000, 5000, 10)
+
+# the module before the metrics, built by bench/run.sh (or why not)
+BEFORE_MODULE = os.environ.get("BENCH_BEFORE_MODULE")
+BEFORE_LUA = os.environ.get("BENCH_BEFORE_LUA")
+BEFORE_REV = os.environ.get("BENCH_BEFORE_REV", "")
+# the other side: the module under test, or one built at BENCH_AFTER_REV
+AFTER_MODULE = os.environ.get("BENCH_AFTER_MODULE")
+AFTER_LUA = os.environ.get("BENCH_AFTER_LUA")
+AFTER_REV = os.environ.get("BENCH_AFTER_REV", "")
+BEFORE_SKIP = os.environ.get("BENCH_BEFORE_SKIP") or (
+    None if BEFORE_MODULE else "no module before the metrics was built")
 
 # directives added to the http block, e.g. to compare a module option on
 # and off: BENCH_HTTP_CONF='ffi_busy_poll_us 0;'
@@ -173,10 +189,11 @@ class Bench:
                 raise RuntimeError("uds server %s exited with %d"
                                    % (key, uds.returncode))
 
-    def knows_runtime_cpus(self):
+    def knows_runtime_cpus(self, **conf):
         """Whether the module has ffi_runtime_cpus: nginx -t of the
-        benchmark's configuration in mode (c)."""
-        path = self.write_conf("inherit", free_port(), "nginx-t.conf")
+        benchmark's configuration in mode (c) (conf: write_conf's)."""
+        path = self.write_conf("inherit", free_port(), "nginx-t.conf",
+                               **conf)
         r = subprocess.run([NGINX, "-t", "-p", PREFIX, "-c", path],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
@@ -186,7 +203,10 @@ class Bench:
             return False
         raise RuntimeError("nginx -t failed:\n" + r.stdout)
 
-    def write_conf(self, mode, port, name="nginx.conf"):
+    def write_conf(self, mode, port, name="nginx.conf", module=MODULE,
+                   lua_dir=None, runtimes=None, http_conf=HTTP_CONF):
+        """runtimes: the keys of FFI_RUNTIMES each worker starts (all by
+        default); module and lua_dir: another build (the metrics A/B)."""
         _, _, affinity, runtime_cpus = [m for m in MODES if m[0] == mode][0]
         with open(os.path.join(BENCH, "nginx.conf.in")) as f:
             conf = f.read()
@@ -195,7 +215,10 @@ class Bench:
                            + [os.path.join(REPO, "examples", d)
                               for d in EXAMPLE_DIRS])
         conf = (conf.replace("@REPO@", REPO).replace("@PREFIX@", PREFIX)
-                .replace("@MODULE@", MODULE)
+                .replace("@MODULE@", module)
+                .replace("@LUA_DIR@", lua_dir or os.path.join(REPO, "lua"))
+                .replace("@RUNTIME_KEYS@", "nil" if runtimes is None else
+                         "{%s}" % ", ".join('"%s"' % k for k in runtimes))
                 .replace("@PORT@", str(port))
                 .replace("@USER@", user or "")
                 .replace("@AFFINITY@", affinity or "off")
@@ -206,7 +229,7 @@ class Bench:
                 .replace("@RUNTIME_CPUS@",
                          "ffi_runtime_cpus %s;" % runtime_cpus
                          if runtime_cpus else "")
-                .replace("@HTTP_CONF@", HTTP_CONF))
+                .replace("@HTTP_CONF@", http_conf))
         if user is None:
             conf = re.sub(r"(?m)^user .*\n", "", conf)
         if affinity is None:
@@ -216,13 +239,17 @@ class Bench:
             f.write(conf)
         return path
 
-    def start_nginx(self, mode):
+    def start_nginx(self, mode, **conf):
         """nginx with both workers in CPU mode `mode` (MODES); returns once
-        every worker has started every runtime and had an answer."""
+        every worker has started every runtime and had an answer. conf:
+        write_conf's choices (runtimes: only these ways are checked)."""
         self.install_build(0)
         self.port = free_port()
         self.mode = mode
-        conf_path = self.write_conf(mode, self.port)
+        conf_path = self.write_conf(mode, self.port, **conf)
+        runtimes = conf.get("runtimes")
+        ways = [w for w in WAYS if runtimes is None
+                or w[0] in ["ffi-" + k for k in runtimes]]
 
         # nginx reads NGINX as sockets inherited from a binary upgrade
         env = {k: v for k, v in os.environ.items() if k != "NGINX"}
@@ -250,7 +277,7 @@ class Bench:
             return r["ready"] >= r["want"]
         wait_for(ready, READY_TIMEOUT, "every runtime in both workers")
 
-        for key, _, _ in WAYS:
+        for key, _, _ in ways:
             status, body = self.get("/%s?size=16" % key)
             if status != 200 or len(body) != 16:
                 raise RuntimeError("GET /%s: %d %r" % (key, status, body))

@@ -1,18 +1,22 @@
-# The four measurements of issues 7 and 16: sequential round trips, throughput,
-# reload under load, and memory (run in this order by bench/bench.py).
+# The measurements of issues 7, 16 and 15: sequential round trips,
+# throughput, reload under load, memory, and the metrics' per-call cost
+# (run in this order by bench/bench.py).
 
 import http.client
 import json
+import os
 import signal
 import statistics
 import threading
 import time
 
-from harness import (LABEL, LIB, MEM_CALLS, MEM_RELOADS, RELOAD_EVERY_MS,
-                     RELOADS, SEQ_N, SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES,
-                     SEQ_WAYS,
-                     SETTLE_TIMEOUT, WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS,
-                     WRK_SIZE, log, percentile, wait_for)
+from harness import (AFTER_LUA, AFTER_MODULE, AFTER_REV, BEFORE_LUA,
+                     BEFORE_MODULE, BEFORE_REV, BEFORE_SKIP, LABEL, LIB,
+                     MCOST_N, MCOST_ROUNDS, MODE_TITLE, MEM_CALLS, MEM_RELOADS,
+                     RELOAD_EVERY_MS, RELOADS, SEQ_N, SEQ_ROUND_SECS,
+                     SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, SETTLE_TIMEOUT, WAYS,
+                     WRK_CONNS, WRK_ROUNDS, WRK_SECS, WRK_SIZE, log,
+                     percentile, wait_for)
 
 
 # ---- (1) sequential round trips ----
@@ -59,8 +63,8 @@ def run_sequential(b):
     b.results.setdefault("seq", []).extend(rows)
 
 
-def spread(values):
-    return "%.1f-%.1f" % (min(values), max(values))
+def spread(values, fmt="%.1f"):
+    return (fmt + "-" + fmt) % (min(values), max(values))
 
 
 # ---- (2) throughput ----
@@ -287,3 +291,75 @@ def run_memory(b):
         % (MEM_RELOADS, r["reload_secs"], r["requests"], r["lost"]))
 
 
+
+
+# ---- (5) the metrics' per-call cost (issue 15) ----
+
+# the A/B's CPU mode: where production runs (bound workers); a module
+# with ffi_runtime_cpus runs with "inherit", so that its runtime threads
+# share their worker's CPU as they did before that directive: the same
+# placement on both sides
+MCOST_MODE = "pinned"
+
+
+def run_metrics_cost(b):
+    """The C demo through the module before the metrics (its own
+    lua/resty_ffi.lua) and through this one, in alternating rounds: each
+    round starts nginx afresh with one module and measures it, so that a
+    burst of other work on the machine hits both sides alike."""
+    if BEFORE_SKIP:
+        log("== metrics cost: skipped: %s" % BEFORE_SKIP)
+        b.results["mcost"] = {"skipped": BEFORE_SKIP}
+        return
+
+    log("== metrics cost (%s): the C demo through the module at %s (before "
+        "the metrics) and %s, %d rounds each: %d sequential 512 B "
+        "calls, then wrk -c32 for %d s"
+        % (MCOST_MODE, BEFORE_REV,
+           "the one at " + AFTER_REV if AFTER_MODULE else "this one",
+           MCOST_ROUNDS, MCOST_N, WRK_SECS))
+    sides = {
+        "before": {"module": BEFORE_MODULE, "lua_dir": BEFORE_LUA},
+        "after": ({"module": AFTER_MODULE, "lua_dir": AFTER_LUA}
+                  if AFTER_MODULE else {}),
+    }
+    r = {"before_rev": BEFORE_REV, "after_rev": AFTER_REV if AFTER_MODULE
+         else None, "mode": MCOST_MODE, "n": MCOST_N,
+         "rounds": MCOST_ROUNDS, "wrk_secs": WRK_SECS,
+         "load": [list(os.getloadavg())]}
+    for side in sides:
+        mode = MCOST_MODE
+        if b.knows_runtime_cpus(runtimes=["c"], http_conf="",
+                                **sides[side]):
+            mode = "inherit"
+        r[side] = {"seq": [], "rps": [], "requests": 0, "errors": 0,
+                   "mode": mode}
+        log("  %s: %s" % (side, MODE_TITLE[mode]))
+    for i in range(MCOST_ROUNDS):
+        order = ["before", "after"] if i % 2 == 0 else ["after", "before"]
+        for side in order:
+            # only the C demo, and nothing the old module lacks (no
+            # BENCH_HTTP_CONF): the same configuration for both
+            b.start_nginx(r[side]["mode"], runtimes=["c"], http_conf="",
+                          **sides[side])
+            got = r[side]
+            got["seq"].append(seq_round(b, "ffi-c", 512, MCOST_N))
+            w = b.wrk_result(b.wrk("/ffi-c?size=512", 32, WRK_SECS))
+            got["rps"].append(w["rps"])
+            got["requests"] += w["requests"]
+            got["errors"] += w["errors"] + w["non2xx"]
+            b.stop_nginx()
+            log("  round %d %-6s %9.2f us/call  %9.0f req/s"
+                % (i + 1, side, got["seq"][-1], got["rps"][-1]))
+    r["load"].append(list(os.getloadavg()))
+    for side in sides:
+        got = r[side]
+        got["us"] = statistics.median(got["seq"])
+        got["rps_median"] = statistics.median(got["rps"])
+    b.results["mcost"] = r
+    log("  sequential: before %.2f us/call (%s), after %.2f (%s)"
+        % (r["before"]["us"], spread(r["before"]["seq"]), r["after"]["us"],
+           spread(r["after"]["seq"])))
+    log("  wrk c32: before %.0f req/s (%s), after %.0f (%s)"
+        % (r["before"]["rps_median"], spread(r["before"]["rps"], "%.0f"),
+           r["after"]["rps_median"], spread(r["after"]["rps"], "%.0f")))

@@ -261,10 +261,44 @@ def targets(b):
     return rows
 
 
-METRICS_NOTE = ("metrics zone on vs off (issue 15): not measured: the "
-                "module has no switch, its counters are always on (README, "
-                "Metrics: a few plain increments and one vDSO clock read "
-                "per call)")
+METRICS_TARGET = ("metrics cost within noise (issue 15): ffi C, sequential "
+                  "512 B and wrk c32, metrics zone on (after) vs the module "
+                  "before it (section 6)")
+
+
+def noise(values):
+    """The spread of one side's rounds, relative to their median."""
+    mid = sorted(values)[(len(values) - 1) // 2]
+    return (max(values) - min(values)) / mid if mid else 0
+
+
+def mcost_figures(m):
+    """(cost ratio sequential, rate ratio wrk, noise of each); a ratio
+    counts as within noise when it is no worse than 1 by more than the
+    wider spread of the two sides' rounds."""
+    seq = m["after"]["us"] / m["before"]["us"]
+    rps = (m["after"]["rps_median"] / m["before"]["rps_median"]
+           if m["before"]["rps_median"] else 0)
+    seq_noise = max(noise(m["before"]["seq"]), noise(m["after"]["seq"]))
+    rps_noise = max(noise(m["before"]["rps"]), noise(m["after"]["rps"]))
+    return seq, rps, seq_noise, rps_noise
+
+
+def mcost_target(b):
+    """(name, measured, met or None when it was not measured)."""
+    m = b.results.get("mcost")
+    if not m:
+        return METRICS_TARGET, "not measured (an older run)", None
+    if m.get("skipped"):
+        return METRICS_TARGET, "not measured: " + m["skipped"], None
+    seq, rps, seq_noise, rps_noise = mcost_figures(m)
+    lost = m["before"]["errors"] + m["after"]["errors"]
+    ok = (seq - 1 <= seq_noise and 1 - rps <= rps_noise and lost == 0)
+    return (METRICS_TARGET,
+            "%.2fx the µs per call (noise %.0f%%), %.2fx the requests/s "
+            "(noise %.0f%%)%s"
+            % (seq, seq_noise * 100, rps, rps_noise * 100,
+               ", %d failed" % lost if lost else ""), ok)
 
 
 def report_seq(w, b):
@@ -441,6 +475,60 @@ def report_profile(w, prof):
     w("")
 
 
+def after_name(m):
+    if m.get("after_rev"):
+        return ("the module at %s (BENCH_AFTER_REV, built in "
+                "build/bench-after the same way)" % m["after_rev"])
+    return "this build (the module under test)"
+
+
+def report_mcost(w, m):
+    w("## 6. Per-call cost of the metrics (issue 15)")
+    w("")
+    if m.get("skipped"):
+        w("Not measured: %s (the module before the metrics is built from "
+          "the repository's history)." % m["skipped"])
+        w("")
+        return
+    w("The metrics (`GET /ffi/metrics`) count every call in a shared zone "
+      "and cannot be turned off, so their cost is an A/B of two builds: "
+      "the module at %s (the commit before them, built by bench/run.sh in "
+      "build/bench-before, with its own lua/resty_ffi.lua) against %s. "
+      "Both run the same nginx.conf: only the C demo (the same build of "
+      "it), no BENCH_HTTP_CONF, and where runtime threads run as the old "
+      "module ran them, on their worker's CPU (before: %s; after: %s). "
+      "%d rounds, each \"before, after\" (every other round \"after, "
+      "before\"), each side a fresh nginx: %s sequential 512 B calls from "
+      "one coroutine (after 100 warm-up calls), then wrk -c32 for %d s. "
+      "The median round stands for each side; noise is the wider spread "
+      "(max - min) / median of the two sides' rounds. Load average before "
+      "/ after: %s / %s."
+      % (m["before_rev"], after_name(m),
+         MODE_TITLE[m["before"].get("mode", m["mode"])],
+         MODE_TITLE[m["after"].get("mode", m["mode"])],
+         m["rounds"], num(m["n"]), m["wrk_secs"],
+         " ".join("%.2f" % x for x in m["load"][0]),
+         " ".join("%.2f" % x for x in m["load"][-1])))
+    w("")
+    seq, rps, seq_noise, rps_noise = mcost_figures(m)
+    a, z = m["before"], m["after"]
+    w("| ffi C | before (%s) | after (%s) | after / before | noise |"
+      % (m["before_rev"], m.get("after_rev") or "this build"))
+    w("|---|---:|---:|---:|---:|")
+    w("| sequential 512 B, µs per call | %.2f (%s) | %.2f (%s) | %.3f | "
+      "%.0f%% |" % (a["us"], spread(a["seq"]), z["us"], spread(z["seq"]),
+                   seq, seq_noise * 100))
+    w("| wrk c32, requests/s | %s (%s) | %s (%s) | %.3f | %.0f%% |"
+      % (num(a["rps_median"]), "-".join(num(x) for x in (min(a["rps"]),
+                                                          max(a["rps"]))),
+         num(z["rps_median"]), "-".join(num(x) for x in (min(z["rps"]),
+                                                          max(z["rps"]))),
+         rps, rps_noise * 100))
+    w("| wrk c32, requests (failed) | %s (%d) | %s (%d) | | |"
+      % (num(a["requests"]), a["errors"], num(z["requests"]), z["errors"]))
+    w("")
+
+
 def report_commands(w, b):
     w("## Commands")
     w("")
@@ -523,7 +611,9 @@ def report(b, chart):
     w("|---|---|---|")
     for name, got, ok, _ in targets(b):
         w("| %s | %s | %s |" % (name, got, "yes" if ok else "**no**"))
-    w("| %s | | n/a |" % METRICS_NOTE)
+    name, got, ok = mcost_target(b)
+    w("| %s | %s | %s |" % (name, got, "n/a" if ok is None else
+                            "yes" if ok else "**no**"))
     w("")
 
     if b.results.get("seq"):
@@ -536,6 +626,8 @@ def report(b, chart):
         report_memory(w, b.results["memory"])
     if b.results.get("profile"):
         report_profile(w, b.results["profile"])
+    if b.results.get("mcost"):
+        report_mcost(w, b.results["mcost"])
     report_commands(w, b)
 
     notes = os.path.join(BENCH, "notes.md")
@@ -560,11 +652,15 @@ def print_table(b):
         report_reload(w, b.results["reload"])
     if b.results.get("memory"):
         report_memory(w, b.results["memory"])
+    if b.results.get("mcost"):
+        report_mcost(w, b.results["mcost"])
     w("## Targets (issue 16)")
     w("")
     for name, got, ok, _ in targets(b):
         w("%-62s %-14s %s" % (name, got, "yes" if ok else "NO"))
-    w(METRICS_NOTE)
+    name, got, ok = mcost_target(b)
+    w("%s: %s  %s" % (name, got, "n/a" if ok is None else
+                      "yes" if ok else "NO"))
     log("")
     log("\n".join(line.replace("`", "") for line in out
                   if not line.startswith("|--")))

@@ -51,6 +51,67 @@ mv -f "$out/uds_echo_go.tmp" "$out/uds_echo_go"
     -Wl,--build-id=0xbe0c0b00000000000000000000000000000000b2 \
     -o "$out/libdemo-b.so" examples/c/demo.c
 
+# build_at REV DIR: the module at commit REV, from that commit's tree
+# (git archive) built by its own Makefile in DIR/src, kept between runs
+# (DIR/rev says which commit) and built under a lock (the smoke test may
+# build it while make bench runs)
+build_at() {
+    local rev=$1 dir=$2
+    mkdir -p "$dir"
+    (
+        flock 9
+        if [ "$(cat "$dir/rev" 2>/dev/null)" = "$rev" ] \
+           && [ -f "$dir/src/build/ngx_http_lua_ffi_module.so" ]; then
+            exit 0
+        fi
+        echo "bench: building the module at ${rev:0:7} in" \
+             "${dir#$repo/} (the metrics A/B)"
+        rm -rf "$dir/src" "$dir/rev"
+        mkdir -p "$dir/src/build"
+        git -C "$repo" archive "$rev" | tar -x -C "$dir/src"
+        # lua-nginx-module's source is the same: no second apt-get source
+        if [ -f build/lua-nginx-module/.version ]; then
+            ln -s "$repo/build/lua-nginx-module" \
+                "$dir/src/build/lua-nginx-module"
+        fi
+        make -s -C "$dir/src" module >"$dir/build.log" 2>&1 || {
+            tail -30 "$dir/build.log" >&2
+            echo "bench: the module at ${rev:0:7} did not build" >&2
+            exit 1
+        }
+        echo "$rev" >"$dir/rev"
+    ) 9>"$dir/lock"
+}
+
+# the metrics A/B (issue 15): the module as it was just before the metrics
+# against the one under test (or, BENCH_AFTER_REV, the module at another
+# commit, e.g. the metrics' own, e504811, to see them alone); no git
+# checkout, or no such commit: no A/B, and the report says why
+before_rev=${BENCH_BEFORE_REV:-e596f2d}
+after_rev=${BENCH_AFTER_REV:-}
+unset BENCH_BEFORE_SKIP
+for side in before after; do
+    want=$before_rev
+    [ "$side" = after ] && want=$after_rev
+    [ -n "$want" ] || continue
+    if ! rev=$(git -C "$repo" rev-parse -q --verify "$want^{commit}" \
+               2>/dev/null); then
+        export BENCH_BEFORE_SKIP="not a git checkout with commit $want"
+        echo "bench: metrics A/B skipped: $BENCH_BEFORE_SKIP" >&2
+        break
+    fi
+    build_at "$rev" "$repo/build/bench-$side"
+    short=$(git -C "$repo" rev-parse --short "$rev")
+    tree=$repo/build/bench-$side/src
+    if [ "$side" = before ]; then
+        export BENCH_BEFORE_MODULE=$tree/build/ngx_http_lua_ffi_module.so
+        export BENCH_BEFORE_LUA=$tree/lua BENCH_BEFORE_REV=$short
+    else
+        export BENCH_AFTER_MODULE=$tree/build/ngx_http_lua_ffi_module.so
+        export BENCH_AFTER_LUA=$tree/lua BENCH_AFTER_REV=$short
+    fi
+done
+
 # the driver leads its own process group (nginx, uds_echo, wrk, perf run
 # in it): the trap stops that group if the driver itself cannot
 driver=
