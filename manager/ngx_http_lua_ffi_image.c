@@ -7,7 +7,9 @@
 #include "ngx_http_lua_ffi_manager.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <dirent.h>
+#include <sys/sysmacros.h>
 #include <sys/random.h>
 #include <sys/statvfs.h>
 
@@ -921,6 +923,121 @@ ngx_http_lua_ffi_image_keep_fd(int fd)
 }
 
 
+/*
+ * Whether the library glibc knows by some name is the file fd is open on:
+ * the mapping that holds its dynamic section names the same device and
+ * inode in /proc/self/maps. Only asked when glibc answered a probe.
+ */
+
+static ngx_int_t
+ngx_http_lua_ffi_image_same_file(void *dl, struct stat *st)
+{
+    FILE              *f;
+    char               line[NGX_HTTP_LUA_FFI_PATHLEN + 128];
+    ngx_int_t          same;
+    unsigned int       maj, min;
+    unsigned long      lo, hi, ino;
+    uintptr_t          addr;
+    struct link_map   *lm;
+
+    if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || lm->l_ld == NULL) {
+        return 0;
+    }
+
+    addr = (uintptr_t) lm->l_ld;
+
+    f = fopen("/proc/self/maps", "re");
+    if (f == NULL) {
+        return 0;
+    }
+
+    same = 0;
+
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "%lx-%lx %*s %*s %x:%x %lu", &lo, &hi, &maj, &min,
+                   &ino)
+            != 5)
+        {
+            continue;
+        }
+
+        if (addr >= lo && addr < hi) {
+            same = (makedev(maj, min) == st->st_dev && ino == st->st_ino);
+            break;
+        }
+    }
+
+    (void) fclose(f);
+
+    return same;
+}
+
+
+/*
+ * A descriptor whose "/proc/self/fd/N" was given to dlopen() and whose
+ * library is closed: while glibc still knows a library by that name
+ * (RTLD_NODELETE, a unique symbol of C++ or Rust), the descriptor stays
+ * open, as the mapping, so that N never names another copy.
+ */
+
+static ngx_uint_t
+ngx_http_lua_ffi_image_release_fd(int fd)
+{
+    void    *dl;
+    u_char   proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
+
+    *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
+
+    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+    if (dl) {
+        (void) dlclose(dl);
+        ngx_http_lua_ffi_image_keep_fd(fd);
+        return 1;
+    }
+
+    (void) close(fd);
+    return 0;
+}
+
+
+/*
+ * The image of this very copy if this worker has it mapped (a canary's
+ * image that drains or is idle, then promoted): glibc would hand back
+ * that mapping for the same inode anyway.
+ */
+
+static ngx_http_lua_ffi_image_t *
+ngx_http_lua_ffi_image_mapped(ngx_http_lua_ffi_library_t *lib,
+    ngx_http_lua_ffi_version_t *v)
+{
+    ngx_queue_t               *q;
+    ngx_http_lua_ffi_image_t  *img;
+
+    if (v->shadow[0] == '\0') {
+        return NULL;
+    }
+
+    for (q = ngx_queue_head(&lib->images);
+         q != ngx_queue_sentinel(&lib->images);
+         q = ngx_queue_next(q))
+    {
+        img = ngx_queue_data(q, ngx_http_lua_ffi_image_t, link);
+
+        if (ngx_strcmp(img->shadow, v->shadow) == 0) {
+            return img;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * An image of version v: the one this worker has mapped of that copy, or
+ * the copy mapped now. The callers treat both alike (refcount, pinned and
+ * state are theirs to set); an image found gets the pin a new one would.
+ */
+
 ngx_http_lua_ffi_image_t *
 ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     ngx_http_lua_ffi_version_t *v, u_char *err, size_t errlen)
@@ -929,34 +1046,74 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     void                      *dl, *init;
     u_char                     proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
     size_t                     len;
+    ngx_uint_t                 tries;
+    struct stat                st;
     ngx_http_lua_ffi_image_t  *img;
+
+    img = ngx_http_lua_ffi_image_mapped(lib, v);
+    if (img) {
+        img->pinned |= !lib->unpin
+                       || img->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE;
+        return img;
+    }
 
     mode = RTLD_NOW | (lib->is_global ? RTLD_GLOBAL : RTLD_LOCAL);
 
-    fd = ngx_http_lua_ffi_shadow_open(v, err, errlen);
-    if (fd == -1) {
-        return NULL;
-    }
+    for (tries = 0; /* void */; tries++) {
 
-    kept = ngx_http_lua_ffi_image_kept_fd(fd);
+        fd = ngx_http_lua_ffi_shadow_open(v, err, errlen);
+        if (fd == -1) {
+            return NULL;
+        }
 
-    if (kept != -1) {
-        /* this very copy (the file just checked) stayed mapped */
-        (void) close(fd);
-        fd = kept;
+        kept = ngx_http_lua_ffi_image_kept_fd(fd);
+
+        if (kept != -1) {
+            /* this very copy (the file just checked) stayed mapped */
+            (void) close(fd);
+            fd = kept;
+            break;
+        }
+
+        *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
+
+        /* glibc would answer with whatever it already knows by that name */
+        dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
+        if (dl == NULL) {
+            break;
+        }
+
+        /*
+         * glibc knows the name now, whatever it was before: the
+         * descriptor stays open for good, so that N never names another
+         * copy. The same file mapped and not known here is mapped as it
+         * is; another file known by this name is never mapped for it.
+         */
+
+        if (fstat(fd, &st) == 0
+            && ngx_http_lua_ffi_image_same_file(dl, &st))
+        {
+            (void) dlclose(dl);
+            ngx_http_lua_ffi_image_keep_fd(fd);
+            kept = fd;
+            break;
+        }
+
+        (void) dlclose(dl);
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "ffi: \"%s\" names another mapped library: that "
+                      "descriptor stays open, the copy is opened again",
+                      proc);
+
+        if (tries == 3) {
+            ngx_snprintf(err, errlen, "\"%s\" already names a mapped "
+                         "library%Z", proc);
+            return NULL;
+        }
     }
 
     *ngx_sprintf(proc, "/proc/self/fd/%d", fd) = '\0';
-
-    /* glibc would answer with whatever it already knows by that name */
-    dl = (kept == -1) ? dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD) : NULL;
-    if (dl) {
-        (void) dlclose(dl);
-        (void) close(fd);
-        ngx_snprintf(err, errlen, "\"%s\" already names a mapped library%Z",
-                     proc);
-        return NULL;
-    }
 
     /* threads that constructors start run where runtimes run */
     ngx_http_lua_ffi_cpus_enter();
@@ -969,7 +1126,9 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     if (dl == NULL) {
         ngx_snprintf(err, errlen, "dlopen(\"%V\") failed: %s%Z", &lib->path,
                      dlerror());
-        (void) close(fd);
+        if (kept == -1) {
+            (void) ngx_http_lua_ffi_image_release_fd(fd);
+        }
         return NULL;
     }
 
@@ -977,7 +1136,9 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
     if (init == NULL) {
         ngx_snprintf(err, errlen, "\"%V\" has no libffi_init%Z", &lib->path);
         (void) dlclose(dl);
-        (void) close(fd);
+        if (kept == -1) {
+            (void) ngx_http_lua_ffi_image_release_fd(fd);
+        }
         return NULL;
     }
 
@@ -987,7 +1148,9 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
                      ngx_cycle->log);
     if (img == NULL) {
         (void) dlclose(dl);
-        (void) close(fd);
+        if (kept == -1) {
+            (void) ngx_http_lua_ffi_image_release_fd(fd);
+        }
         ngx_snprintf(err, errlen, "no memory%Z");
         return NULL;
     }
@@ -1021,22 +1184,11 @@ ngx_http_lua_ffi_image_open(ngx_http_lua_ffi_library_t *lib,
 static void
 ngx_http_lua_ffi_image_close_fd(ngx_http_lua_ffi_image_t *img)
 {
-    void    *dl;
-    u_char   proc[sizeof("/proc/self/fd/") + NGX_INT_T_LEN];
-
-    *ngx_sprintf(proc, "/proc/self/fd/%d", img->fd) = '\0';
-
-    dl = dlopen((char *) proc, RTLD_LAZY | RTLD_NOLOAD);
-    if (dl) {
-        (void) dlclose(dl);
+    if (ngx_http_lua_ffi_image_release_fd(img->fd)) {
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "ffi: \"%V\" version %ui stays mapped after dlclose()",
                       &img->library->path, img->version);
-        ngx_http_lua_ffi_image_keep_fd(img->fd);
-        return;
     }
-
-    (void) close(img->fd);
 }
 
 

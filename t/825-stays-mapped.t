@@ -4,11 +4,12 @@
 # request. The worker maps the very file it already holds again (its
 # kept descriptor, the name glibc knows it by) instead of refusing it,
 # and the cycles cost no descriptor each. A canary of another build, then
-# promote and rollback, work the same way between such cycles.
+# promote and rollback, work the same way between such cycles: a promoted
+# canary's image is the one its copy is mapped as, never mapped twice.
 use lib 't/lib';
 use lib 't/lib/misbehave';
 use FFITest;
-use MBTest qw(release install escape);
+use MBTest qw(release install escape workers);
 use Test::More;
 use JSON::PP;
 
@@ -38,18 +39,21 @@ CONF
 FFITest::start_nginx(workers => 1, config => $config,
                      http_config => "ffi_close_grace 10ms;");
 
-my ($pid) = FFITest::worker_pids();
-my $fds;
+my ($pid) = workers(1);
+ok($pid, "the worker is up") or BAIL_OUT("no worker");
+# the worker's descriptors open on copies of the library
+sub copies {
+    return grep { (readlink($_) // '') =~ m{/libsticky[^/]*\z} }
+           glob("/proc/$pid/fd/*");
+}
+
 for my $i (1 .. 6) {
     my ($s, $body) = FFITest::http('GET', '/cycle');
     is($body, "true nodelete false\n", "cycle $i: loaded, called, unloaded")
         or diag(FFITest::error_log());
     ok(FFITest::wait_for_log(qr/stays mapped after dlclose/, 10, $i),
        "cycle $i: the image closed, still mapped");
-    my $n = () = glob("/proc/$pid/fd/*");
-    $fds //= $n if $i == 2;
-    is($n, $fds, "cycle $i: as many descriptors as after cycle 2")
-        if $i > 2;
+    is(scalar(copies()), 1, "cycle $i: one descriptor, on the one copy");
 }
 
 sub post {
@@ -76,25 +80,34 @@ is_deeply(cycles(10), { "true nodelete false\n" => 5,
           'cycles: half on each version');
 ($s, $body) = post('promote', 'lib=' . escape($lib));
 is($s, 200, 'promoted') or diag($body);
-TODO: {
-    # Known defect, not fixed yet: after a promotion, a new handle's load of
-    # a library that stays mapped after dlclose() is refused ("already
-    # names a mapped library"); before the fix for plain unload cycles
-    # above it was every load.
-    local $TODO = 'load after promoting a canary of a library that stays '
-                . 'mapped';
-    is_deeply(cycles(4), { "true nodelete2 false\n" => 4 }, 'cycles on it');
-}
+is_deeply(cycles(4), { "true nodelete2 false\n" => 4 }, 'cycles on it');
 ($s, $body) = post('rollback', 'lib=' . escape($lib));
 is($s, 200, 'rolled back') or diag($body);
-TODO: {
-    local $TODO = 'load after promoting a canary of a library that stays '
-                . 'mapped';
-    is_deeply(cycles(4), { "true nodelete false\n" => 4 },
-              'cycles on the bytes of version 1 again');
-    unlike(FFITest::error_log(), qr/already names a mapped library/,
-           'never refused');
-}
+is_deeply(cycles(4), { "true nodelete false\n" => 4 },
+          'cycles on the bytes of version 1 again');
+
+# a canary retired (rollback while it runs), then the same build again as
+# a plain reload: its own copy maps beside the retired one
+install(release('nodelete2'), $lib);
+($s, $body) = post('reload', 'lib=' . escape($lib) . '&canary=50');
+is($s, 200, 'a second canary') or diag($body);
+is_deeply(cycles(10), { "true nodelete false\n" => 5,
+                        "true nodelete2 false\n" => 5 },
+          'cycles: half on each version again');
+($s, $body) = post('rollback', 'lib=' . escape($lib));
+is($s, 200, 'the canary retired') or diag($body);
+is_deeply(cycles(4), { "true nodelete false\n" => 4 },
+          'cycles on the version that stayed');
+($s, $body) = post('reload', 'lib=' . escape($lib));
+is($s, 200, 'a plain reload to the retired build') or diag($body);
+is_deeply(cycles(4), { "true nodelete2 false\n" => 4 }, 'cycles on it');
+
+unlike(FFITest::error_log(), qr/already names a mapped library|names another/,
+       'never refused');
+# every copy mapped once: one descriptor each (5 copies: version 1, the
+# two canaries, the rollback's own copy, the last reload), none per cycle
+is(scalar(copies()), 5, 'one descriptor per copy that stays mapped')
+    or diag(join ' ', map { readlink $_ } glob("/proc/$pid/fd/*"));
 
 FFITest::stop_nginx();
 done_testing();
