@@ -202,6 +202,9 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
         return h;
     }
 
+    /* the library as this worker converged on the shared zone, not before */
+    ngx_http_lua_ffi_reload_catch_up();
+
     if (ngx_http_lua_ffi_library_resolve(name, &path, err, errlen) != NGX_OK) {
         return NULL;
     }
