@@ -196,6 +196,36 @@ is($body, "v3\n", 'B: the new handle is on the committed version');
 is(get_on($cb, '/keep?cfg=one'), "v3\n", 'B: the old ones too');
 rests($b, $keep, 1, 'B at rest: refcounts are runtimes, current pinned');
 
+# ---- 4. a canary prepared in B, whose only handle goes before the commit:
+# B's canary is the image it prepared, and nothing else stays prepared
+is(get_on($ca, '/twin?cfg=' . escape($pause)), "v1\n", 'A: a handle that pauses');
+is(get_on($cb, '/twin?cfg=x'), "v1\n", 'B: a handle');
+touch("$P-$a.hold-v2");
+install(release('v2'), $twin);
+$ca->send_request('POST', '/ffi/reload?lib=' . escape($twin) . '&canary=50');
+ok(FFITest::wait_for_log(qr/\[info\] $b#\d+: .*"\Q$twin\E" version 2 prepared here: ok/,
+                         20, 1), 'B prepared version 2');
+is(get_on($cb, '/twin?cfg=x&unload=1'), "v1\n", 'B: its handle unloaded');
+unlink "$P-$a.hold-v2";
+($s, $body) = $ca->read_response(30);
+is($s, 200, 'the canary runs') or diag $body;
+my %seen;
+$seen{ get_on($cb, '/twin?cfg=y') }++ for 1 .. 4;
+is_deeply(\%seen, { "v1\n" => 2, "v2\n" => 2 },
+          'B: a new handle, its calls on both versions');
+sub b_runtimes {
+    my $l = worker_libs(status(), $twin)->{$b};
+    return join ',', sort map { $_->{version} }
+                     grep { $_->{state} eq 'serving' } @{ $l->{runtimes} };
+}
+is(b_runtimes(), '1,2', 'B: one runtime on each version, no other');
+($s, $body) = post_on($ca, 'rollback', $twin);
+is($s, 200, 'the canary retired') or diag $body;
+is(get_on($cb, '/twin?cfg=y'), "v1\n", 'B: on version 1 alone');
+rests($b, $twin, 1, 'B at rest: refcounts are runtimes');
+unlike(FFITest::error_log(), qr/libtwin.*(?:cannot map|gets no canary)/,
+       'B mapped the canary for its handles');
+
 $_->close for $ca, $cb;
 FFITest::stop_nginx();
 done_testing();
