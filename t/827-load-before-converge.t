@@ -7,7 +7,9 @@
 # runtimes on it, only the current image serves, a library loaded without
 # unpin has its current image pinned, and an unpinned image nothing uses
 # is closed. Two workers: A coordinates, B is stopped with a request
-# queued on its connection, so that it runs that request first.
+# queued on its connection, so that it runs that request first. Last, a
+# canary prepared in B whose only handle is unloaded before the commit:
+# what B prepared becomes its canary, nothing stays prepared.
 use lib 't/lib', 't/lib/misbehave';
 use strict;
 use warnings;
