@@ -268,6 +268,7 @@ ngx_http_lua_ffi_canary_converge(ngx_http_lua_ffi_library_t *lib,
         }
 
         lib->next = lib->canary;
+        lib->next_version = lib->canary_version;
         lib->canary = NULL;
         lib->canary_version = 0;
 

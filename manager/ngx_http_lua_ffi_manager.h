@@ -92,6 +92,8 @@ ngx_int_t ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
 void ngx_http_lua_ffi_shm_add_cfg(ngx_str_t *path, ngx_str_t *cfg,
     ngx_uint_t has_cfg);
 void ngx_http_lua_ffi_shm_release(ngx_str_t *path);
+/* a command not carried out here yet is, before a new handle starts */
+void ngx_http_lua_ffi_reload_catch_up(void);
 
 /* ngx.load_ffi's opts.trial = false (the flags of registry_load) */
 #define NGX_HTTP_LUA_FFI_LOAD_NO_TRIAL  0x4

@@ -202,6 +202,9 @@ ngx_http_lua_ffi_registry_load(ngx_str_t *name, ngx_str_t *cfg,
         return h;
     }
 
+    /* the library as this worker converged on the shared zone, not before */
+    ngx_http_lua_ffi_reload_catch_up();
+
     if (ngx_http_lua_ffi_library_resolve(name, &path, err, errlen) != NGX_OK) {
         return NULL;
     }
@@ -612,6 +615,7 @@ ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
     }
 
     lib->next = img;
+    lib->next_version = v->version;
 
     for (q = ngx_queue_head(&lib->handles);
          q != ngx_queue_sentinel(&lib->handles);
@@ -688,30 +692,16 @@ ngx_http_lua_ffi_registry_behind(ngx_http_lua_ffi_library_t *lib,
 }
 
 
-/* The version this worker prepared runtimes for, 0: none. */
+/*
+ * The version this worker prepared for, 0: none. The library's, not its
+ * handles': they may all have gone (a handle per request, unloaded
+ * between prepare and commit) while the image prepared is still held.
+ */
 
 ngx_uint_t
 ngx_http_lua_ffi_registry_prepared(ngx_http_lua_ffi_library_t *lib)
 {
-    ngx_queue_t                *q;
-    ngx_http_lua_ffi_handle_t  *h;
-
-    if (lib->next == NULL) {
-        return 0;
-    }
-
-    for (q = ngx_queue_head(&lib->handles);
-         q != ngx_queue_sentinel(&lib->handles);
-         q = ngx_queue_next(q))
-    {
-        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
-
-        if (h->next) {
-            return h->next->generation;
-        }
-    }
-
-    return 0;
+    return lib->next ? lib->next_version : 0;
 }
 
 

@@ -1498,6 +1498,27 @@ ngx_http_lua_ffi_reload_notified(void)
 }
 
 
+/*
+ * Before a new handle starts here: a command published since this worker
+ * last looked is carried out first, and every library converged, as the
+ * eventfd's handler would. A request that was already waiting runs before
+ * that handler (a worker stopped or busy while the coordinator published),
+ * and its load must not find the shared zone's current version unknown
+ * here: it would map that copy (the image a canary or a prepare holds for
+ * the library) as if it were the library's own. One load of a shared word
+ * when nothing changed.
+ */
+
+void
+ngx_http_lua_ffi_reload_catch_up(void)
+{
+    if (ngx_http_lua_ffi_shm->seq != ngx_http_lua_ffi_seen_seq) {
+        ngx_http_lua_ffi_handle_command();
+        ngx_http_lua_ffi_reconcile_all();
+    }
+}
+
+
 static void
 ngx_http_lua_ffi_handle_command(void)
 {

@@ -187,15 +187,22 @@ ngx_http_lua_ffi_status_publish(void)
 
     ngx_shmtx_lock(&ngx_http_lua_ffi_shpool->mutex);
 
+    /*
+     * The new view takes the old one's place: both at once may not fit
+     * (a worker with a hundred runtimes has tens of kB), and the old one
+     * must never be answered as if it were new. A view that does not fit
+     * is none: the worker shows as not answered, error.log says why.
+     */
+    if (sw->status) {
+        ngx_slab_free_locked(ngx_http_lua_ffi_shpool, sw->status);
+        sw->status = NULL;
+        sw->status_len = 0;
+    }
+
     copy = ngx_slab_alloc_locked(ngx_http_lua_ffi_shpool, p - buf);
 
     if (copy) {
         ngx_memcpy(copy, buf, p - buf);
-
-        if (sw->status) {
-            ngx_slab_free_locked(ngx_http_lua_ffi_shpool, sw->status);
-        }
-
         sw->status = copy;
         sw->status_len = p - buf;
     }
@@ -203,6 +210,13 @@ ngx_http_lua_ffi_status_publish(void)
     sw->status_seq = ngx_http_lua_ffi_shm->status_seq;
 
     ngx_shmtx_unlock(&ngx_http_lua_ffi_shpool->mutex);
+
+    if (copy == NULL) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "ffi: this worker's status (%uz bytes) does not fit "
+                      "in the shared zone: raise ffi_shm_size",
+                      (size_t) (p - buf));
+    }
 
     ngx_free(buf);
 

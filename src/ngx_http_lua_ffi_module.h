@@ -191,6 +191,7 @@ struct ngx_http_lua_ffi_library_s {
     ngx_queue_t                   images;
     ngx_http_lua_ffi_image_t     *current;
     ngx_http_lua_ffi_image_t     *next;      /* prepared by a reload */
+    ngx_uint_t                    next_version;  /* what next is for */
     ngx_http_lua_ffi_image_t     *canary;    /* a canary's, or NULL */
     ngx_uint_t                    canary_version;
     ngx_uint_t                    canary_pct;
