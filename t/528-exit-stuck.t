@@ -44,8 +44,10 @@ ok(FFITest::wait_for_log('mb_stuck is stuck'), 'a thread is stuck in a task');
 # --- reload: the old worker leaves within the bound
 my $t0 = time;
 FFITest::signal('HUP');
-ok(wait_until(sub { !kill 0, $old }, 30), 'the old worker exited');
+# up to its "exit": under ASan, LeakSanitizer's scan follows
+ok(FFITest::wait_at_exit([$old], 30), 'the old worker is at its exit');
 my $secs = time - $t0;
+ok(FFITest::wait_exit($old, 30), 'the old worker exited');
 cmp_ok($secs, '<', $bound, sprintf('reload: within %d s (%.1f s)', $bound,
                                    $secs));
 my @res = FFITest::finish_requests($conns, 10);
@@ -68,8 +70,9 @@ ok(FFITest::wait_for_log('mb_stuck is stuck', 10, 2), 'stuck again');
 my $master = FFITest::master_pid();
 $t0 = time;
 FFITest::signal('QUIT');
-ok(FFITest::wait_exit($master, 30), 'nginx quit');
+ok(FFITest::wait_at_exit([$new], 30), 'the worker is at its exit');
 $secs = time - $t0;
+ok(FFITest::wait_exit($master, 30), 'nginx quit');
 cmp_ok($secs, '<', $bound, sprintf('quit: within %d s (%.1f s)', $bound,
                                    $secs));
 FFITest::close_requests($conns);

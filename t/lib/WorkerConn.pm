@@ -54,7 +54,7 @@ sub send_request {
 # (status, body) of the next response, waiting at most $timeout s
 sub read_response {
     my ($self, $timeout) = @_;
-    my $deadline = time + ($timeout || 30);
+    my $deadline = time + FFITest::deadline($timeout || 30);
     my $sel = IO::Select->new($self->{sock});
     for (;;) {
         if ($self->{buf} =~ /\A(HTTP\/1\.1 (\d+)[^\r]*\r\n(.*?)\r\n\r\n)/s) {
