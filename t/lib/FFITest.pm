@@ -639,7 +639,7 @@ sub _send {
 
     my $sock = IO::Socket::INET->new(
         PeerAddr => '127.0.0.1', PeerPort => port(), Proto => 'tcp',
-        Timeout => $DEFAULT_TIMEOUT,
+        Timeout => deadline($DEFAULT_TIMEOUT),
     );
     return { error => "connect: $!", index => $index } unless $sock;
 
@@ -678,10 +678,12 @@ sub begin_requests {
 
 # Drives the connections of begin_requests until every one was answered
 # and closed, or $timeout passed. Returns [status, body, headers] for each,
-# in request order (status undef and body the reason on failure).
+# in request order (status undef and body the reason on failure). A given
+# $timeout is the client's, as it is (a test may give up on purpose); the
+# default one only guards against a hang, and is scaled as such.
 sub finish_requests {
     my ($conns, $timeout) = @_;
-    $timeout = $DEFAULT_TIMEOUT unless defined $timeout;
+    $timeout = deadline($DEFAULT_TIMEOUT) unless defined $timeout;
 
     my $deadline = time + $timeout;
     my %open = map { fileno($_->{sock}) => $_ }
@@ -899,7 +901,7 @@ sub _run_request {
     my ($block, $name) = @_;
 
     my $timeout = _scalar($block, 'timeout');
-    $timeout = $DEFAULT_TIMEOUT unless defined $timeout;
+    $timeout = deadline($DEFAULT_TIMEOUT) unless defined $timeout;
 
     if (defined $block->pipelined_requests) {
         my @reqs = map { _parse_request_line($_) }
