@@ -50,7 +50,7 @@ location = /calls {
 location = /timeout {
     content_by_lua_block {
         local rt = assert(ngx.load_ffi("ffi_test", "metrics"))
-        local ok, err = rt:call("sleep:200:late", 0.01)
+        local ok, err = rt:call("sleep:2000:late", 0.01)
         ngx.say(tostring(ok), " ", tostring(err))
     }
 }
