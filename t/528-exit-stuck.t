@@ -59,7 +59,9 @@ like($log, qr/abandoning runtime "" of "\Q$lib\E" \(version 1\): NULL task not t
 like($log, qr/did not drain within 1000 ms \(ffi_exit_timeout\): the worker exits without running library destructors/,
      'and that destructors do not run');
 unlike($log, qr/mb_stuck destructor/, 'the library destructor did not run');
-like($log, qr/worker process $old exited with code 0/, 'exit code 0');
+# the master says so once it reaped the worker: a line to await
+ok(FFITest::wait_for_log(qr/worker process $old exited with code 0/),
+   'exit code 0');
 
 # --- quit: the same with the new worker
 my ($new) = workers(1);
