@@ -2,6 +2,7 @@
 # one nginx, concurrency, signals, process bookkeeping; plain nginx + Lua.
 use lib 't/lib';
 use FFITest;
+use IO::Socket::INET;
 use Time::HiRes ();
 
 my $config = <<'CONF';
@@ -79,3 +80,39 @@ FFITest::close_requests($conns);
 FFITest::signal('QUIT');
 ok(FFITest::wait_exit(FFITest::master_pid(), 10), 'QUIT stops nginx');
 FFITest::stop_nginx('after QUIT');
+
+# another program takes our port between two starts (test runs share the
+# machine): the next start chooses another one, unless FFI_TEST_PORT
+# fixed it
+SKIP: {
+    skip 'FFI_TEST_PORT fixes the port', 3 if $ENV{FFI_TEST_PORT};
+    my $taken = FFITest::port();
+    my $squatter = IO::Socket::INET->new(
+        LocalAddr => '127.0.0.1', LocalPort => $taken, Proto => 'tcp',
+        Listen => 1, ReuseAddr => 1,
+    ) or die "cannot listen on $taken: $!\n";
+    ok(FFITest::start_nginx(config => $config), 'nginx up, its port taken');
+    isnt(FFITest::port(), $taken, 'on another port');
+    ($status, $body) = FFITest::http('POST', '/echo', "y", [ 'X-Tag', 'p' ]);
+    is($body, 'p:y', 'served there');
+    FFITest::stop_nginx('another port');
+    close $squatter;
+}
+
+# the module's shadow copies go to the server root, not to a folder that
+# other runs and the Debian package share
+SKIP: {
+    skip 'plain nginx (FFI_MODULE=none)', 2
+        if ($ENV{FFI_MODULE} // '') eq 'none';
+    # (the KILLed master above left its own behind)
+    my $shadows = sub {
+        opendir my $dh, FFITest::servroot() or die;
+        my @s = grep { /^nginx-ffi\./ } readdir $dh;
+        closedir $dh;
+        return scalar @s;
+    };
+    my $before = $shadows->();
+    ok(FFITest::start_nginx(config => $config), 'nginx up again');
+    is($shadows->(), $before + 1, 'its shadow folder is in the server root');
+    FFITest::stop_nginx('shadow folder');
+}

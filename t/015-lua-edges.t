@@ -48,18 +48,19 @@ location = /errors {
 }
 location = /timeout {
     content_by_lua_block {
-        -- a runtime that answers 300 ms later: every tiny timeout ends
+        -- a runtime that answers 2 s later (held-up workers on a loaded
+        -- machine still time out first): every tiny timeout ends
         -- the call first; 0 is no timeout (it overrides the runtime's)
         local rt = assert(ngx.load_ffi("ffi_test"))
         for _, t in ipairs({0.0004, 0.0001, 1e-300, 0}) do
-            local ok, res = rt:call("sleep:300:late", t)
+            local ok, res = rt:call("sleep:2000:late", t)
             ngx.say("per call ", t, ": ", tostring(ok), " ", tostring(res))
         end
         local tiny = assert(ngx.load_ffi("ffi_test", "tiny",
                                          {timeout = 0.0002}))
-        local ok, res = tiny:call("sleep:300:late")
+        local ok, res = tiny:call("sleep:2000:late")
         ngx.say("per runtime 0.0002: ", tostring(ok), " ", tostring(res))
-        ok, res = tiny:call("sleep:300:late", 0)
+        ok, res = tiny:call("sleep:2000:late", 0)
         ngx.say("per runtime 0.0002, per call 0: ", tostring(ok), " ",
                 tostring(res))
     }

@@ -55,7 +55,7 @@ ok(FFITest::wait_for_log('loaded its runtimes', 10, 2), 'both workers up');
 # a worker is titled "worker process" only after its init_worker_by_lua*
 # ran, just after that log line: await the title
 my @old;
-my $t_end = time + 10;
+my $t_end = time + FFITest::deadline(10);
 until ((@old = FFITest::worker_pids()) == 2 || time > $t_end) {
     select(undef, undef, undef, 0.05);
 }

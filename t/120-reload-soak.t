@@ -29,7 +29,7 @@ sub cycle {
 
 # no runtime may be draining and only the current image mapped
 sub settle {
-    my $deadline = time + 10;
+    my $deadline = time + FFITest::deadline(10);
     while (time < $deadline) {
         my (undef, $body) = FFITest::http('GET', '/ffi/status');
         my $st = decode_json($body);

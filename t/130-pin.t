@@ -56,7 +56,7 @@ is($l->{state}, 'closed', 'unpinned: state closed');
 
 # the pinned runtime leaves its image after its own drain and grace: await
 # that in status rather than assume it came with the unpinned one's
-my $deadline = time + 5;
+my $deadline = time + FFITest::deadline(10);
 while (($l = worker_lib('pinned'))->{images}[0]{refcount} && time < $deadline) {
     select(undef, undef, undef, 0.02);
 }

@@ -33,7 +33,8 @@ sub served_everywhere {
     my $t0 = time;
     my $ok = FFITest::wait_for_log(qr/"\Q$ver\E" reloaded: version $version\b/,
                                    3, 1);
-    ok($ok, "$what: reloaded to version $version within 3 s");
+    ok($ok, "$what: reloaded to version $version within "
+            . FFITest::deadline(3) . ' s');
     my $seen = answers(40);
     is_deeply($seen, { "$want\n" => 40 }, "$what: every call gets $want");
     return time - $t0;
@@ -149,9 +150,9 @@ for my $v (qw(v3 v1 v3 v1)) {
 }
 copy(release('v3'), "$stage/libver.so") or die;
 rename "$stage/libver.so", $ver or die;
-ok(FFITest::wait_for_log(qr/"\Q$ver\E" reloaded: version \d+/, 3,
+ok(FFITest::wait_for_log(qr/"\Q$ver\E" reloaded: version \d+/, 10,
                          reloads_logged() || 1), 'rapid drops reloaded');
-my $deadline = time + 3;
+my $deadline = time + FFITest::deadline(10);
 my $seen;
 while (time < $deadline) {
     $seen = answers(20);
@@ -168,7 +169,7 @@ is(reloads_logged(), $before, 'deleted file: no reload');
 copy(release('v2'), "$stage/libver.so") or die;
 rename "$stage/libver.so", $ver or die;
 my $version = ($before + 2) + 0;
-ok(FFITest::wait_for_log(qr/"\Q$ver\E" reloaded: version \d+/, 3,
+ok(FFITest::wait_for_log(qr/"\Q$ver\E" reloaded: version \d+/, 10,
                          $before + 1), 'put back: reloaded');
 is_deeply(answers(20), { "v2\n" => 20 }, 'put back: v2 serves');
 
@@ -179,7 +180,7 @@ ok(FFITest::wait_for_log('libver v2 got sleep', 10, 50),
 $before = reloads_logged();
 copy(release('v1'), "$stage/libver.so") or die;
 rename "$stage/libver.so", $ver or die;
-ok(FFITest::wait_for_log(qr/"\Q$ver\E" reloaded: version \d+/, 3,
+ok(FFITest::wait_for_log(qr/"\Q$ver\E" reloaded: version \d+/, 10,
                          $before + 1), 'dropped with calls in flight');
 is_deeply(answers(20), { "v1\n" => 20 }, 'new calls: v1');
 my %old;

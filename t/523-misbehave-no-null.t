@@ -99,10 +99,13 @@ is_deeply(\%seen, { "true v2\n" => 20 }, 'v2 serves on');
 
 # --- quit: bounded by ffi_exit_timeout (2 s), not forever
 my $master = FFITest::master_pid();
+my @quitting = FFITest::worker_pids();
 $t0 = time;
 FFITest::signal('QUIT');
-ok(FFITest::wait_exit($master, 10), 'nginx quit');
+# up to the workers' "exit": under ASan, LeakSanitizer's scan follows
+ok(FFITest::wait_at_exit(\@quitting, 10), 'the workers are at their exit');
 my $secs = time - $t0;
+ok(FFITest::wait_exit($master, 10), 'nginx quit');
 cmp_ok($secs, '<', 2 + 2,
        sprintf('within ffi_exit_timeout 2s + 2s (%.1f s)', $secs));
 FFITest::stop_nginx('never takes its NULL task');

@@ -152,7 +152,7 @@ sub answers {
 
 sub reload {
     my ($status, $body) = FFITest::http('POST', '/ffi/reload?lib=ffi_python3',
-                                        undef, undef, 60);
+                                        undef, undef, FFITest::deadline(90));
     return ($status, $body);
 }
 
@@ -171,10 +171,14 @@ sub rss {
     die "no VmRSS for $pid\n";
 }
 
+# a reload's deadline here only guards against a hang: a worker that a
+# loaded machine holds up for seconds in its commit (starting four
+# sub-interpreters) must not turn a good reload into a 202
 ok(FFITest::start_nginx(
        workers => 2,
        main_config => "env LD_LIBRARY_PATH=$repo/examples/python;\n"
                       . "env PYTHONPATH=$app;",
+       http_config => 'ffi_reload_timeout ' . FFITest::deadline(30) . 's;',
        config => $config,
        init_worker_by_lua_block => $init_worker,
    ), 'nginx up');

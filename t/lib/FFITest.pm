@@ -33,7 +33,14 @@ package FFITest;
 # Environment: NGINX (binary, default "nginx"), FFI_MODULE (default
 # <repo>/build/ngx_http_lua_ffi_module.so; "none" for plain nginx + Lua),
 # FFI_TEST_PORT (default: a free port), FFI_TEST_KEEP=1 keeps the server
-# root (a temp dir) for a look afterwards.
+# root (a temp dir) for a look afterwards, FFI_TIMEOUT_SCALE (default 1;
+# t/memcheck/run.sh sets 3) multiplies every deadline that only guards
+# against a hang (deadline($s) for tests' own waits).
+#
+# Unless a block sets ffi_shadow_path, the shadow copies go to the server
+# root: the module's default is /var/cache/libnginx-mod-http-lua-ffi
+# whenever that folder exists (the Debian package installed, or t/deb
+# running), shared with every other nginx and the package's purge.
 
 use Test::Base -base;
 
@@ -67,6 +74,10 @@ my $STOP_TIMEOUT = 20;
 # under AddressSanitizer (t/memcheck/run.sh) each process scans its memory
 # for leaks after nginx's exit work, in exit(): time on top of the above
 my $LEAK_SCAN_SECS = $ENV{FFI_LEAK_SCAN_SECS} || 0;
+# how much slower than a plain build on an idle machine a run may be (ASan
+# is 2-3 times slower): applied to the deadlines that are failure guards,
+# never to a client's timeout, which some tests give up at on purpose
+my $TIMEOUT_SCALE = $ENV{FFI_TIMEOUT_SCALE} || 1;
 my $LOG_TAIL_LINES = 60;
 
 # the process-wide state of "the" nginx under test
@@ -95,6 +106,9 @@ sub repo     { $REPO }
 sub port     { $PORT ||= $ENV{FFI_TEST_PORT} || _free_port() }
 sub servroot { $SERVROOT ||= _make_servroot() }
 sub master_pid { $MASTER_PID }
+
+# a failure guard of $seconds, as long as this run needs (FFI_TIMEOUT_SCALE)
+sub deadline { $_[0] * $TIMEOUT_SCALE }
 
 
 # A port below the kernel's ephemeral range, so that the client sockets of
@@ -189,6 +203,10 @@ sub _conf {
     my $ffi_path = $WITH_FFI
         ? "    ffi_library_path $REPO/examples/c:$REPO/t/lib/runtimes;\n"
         : '';
+    # shadow copies in this run's own root, never in a folder other runs
+    # or an installed package share (see the top of this file)
+    $ffi_path .= "    ffi_shadow_path $root;\n"
+        if $WITH_FFI && $http !~ /\bffi_shadow_path\b/;
 
     my $temp = join '', map {
         "    ${_}_temp_path $root/temp/$_;\n"
@@ -252,16 +270,25 @@ sub _alive {
 }
 
 
+# true once $pid is gone, false if it is still there at time $until
+sub _wait_gone {
+    my ($pid, $until) = @_;
+
+    while (_alive($pid)) {
+        return 0 if time > $until;
+        sleep 0.02;
+    }
+    return 1;
+}
+
+
+# Under ASan a process's exit includes LeakSanitizer's scan: a deadline for
+# an nginx process to be gone gets $LEAK_SCAN_SECS on top.
 sub wait_exit {
     my ($pid, $seconds) = @_;
     $seconds = $DEFAULT_TIMEOUT unless defined $seconds;
 
-    my $deadline = time + $seconds;
-    while (_alive($pid)) {
-        return 0 if time > $deadline;
-        sleep 0.02;
-    }
-    return 1;
+    return _wait_gone($pid, time + deadline($seconds) + $LEAK_SCAN_SECS);
 }
 
 
@@ -311,11 +338,43 @@ sub signal {
 }
 
 
+# Starts nginx with the block's sections. A port of our own choosing that
+# another program took meanwhile (other test runs share the machine: the
+# port is free when chosen, not held) is chosen again.
 sub start_nginx {
     my (%s) = @_;
 
     _ensure_plan();
     stop_nginx() if $MASTER_PID;
+
+    for my $try (1 .. 5) {
+        my ($master, $why) = _start(%s);
+
+        if ($master) {
+            $MASTER_PID = $master;
+            %RUNNING = %s;
+            return 1;
+        }
+
+        _kill_all();
+
+        if ($try < 5 && !$ENV{FFI_TEST_PORT}
+            && $why =~ /bind\(\) to 127\.0\.0\.1:\d+ failed \(98: /)
+        {
+            $PORT = _free_port();
+            next;
+        }
+
+        Test::More::fail("nginx started");
+        Test::More::diag($why);
+        return 0;
+    }
+}
+
+
+# one start: the master's pid, or undef and why not
+sub _start {
+    my (%s) = @_;
 
     my $root = servroot();
     for my $dir ('conf', 'logs', 'html',
@@ -346,7 +405,7 @@ sub start_nginx {
     my $status = $?;
 
     my $pidfile = "$root/logs/nginx.pid";
-    my $deadline = time + $START_TIMEOUT;
+    my $deadline = time + deadline($START_TIMEOUT);
     while ($status == 0 && !-s $pidfile && time < $deadline) {
         sleep 0.01;
     }
@@ -355,30 +414,25 @@ sub start_nginx {
     $master = $1 if $master =~ /(\d+)/;
 
     if ($status != 0 || !$master || !_alive($master)) {
-        Test::More::fail("nginx started");
-        Test::More::diag("$NGINX exited with status " . ($status >> 8)
-                         . "\n" . _slurp("$root/logs/startup.log")
-                         . _log_tail());
-        _kill_all();
-        return 0;
+        return (undef, "$NGINX exited with status " . ($status >> 8)
+                       . "\n" . _slurp("$root/logs/startup.log")
+                       . _log_tail());
     }
 
-    $MASTER_PID = $master;
-    %RUNNING = %s;
-
-    return 1;
+    return ($master);
 }
 
 
 sub _kill_all {
     for my $pid (_our_processes()) {
         kill 'KILL', $pid;
-        wait_exit($pid, 5);
+        _wait_gone($pid, time + 5);
     }
 }
 
 
-# After a QUIT: nginx must be gone within $STOP_TIMEOUT. Under ASan the
+# After a QUIT: nginx must be gone within $STOP_TIMEOUT (scaled as every
+# failure guard: FFI_TIMEOUT_SCALE). Under ASan the
 # deadline stays on what nginx and the module do: each worker must have
 # logged its "exit" (nginx's last word before exit()) or be gone within
 # $STOP_TIMEOUT, and only the leak scans that follow get $LEAK_SCAN_SECS
@@ -387,30 +441,55 @@ sub _wait_quit {
     my ($master, $workers) = @_;
 
     return (wait_exit($master, $STOP_TIMEOUT),
-            "nginx quit within ${STOP_TIMEOUT}s")
+            'nginx quit within ' . deadline($STOP_TIMEOUT) . 's')
         unless $LEAK_SCAN_SECS;
 
+    my $stop = deadline($STOP_TIMEOUT);
     my $t0 = time;
-    my $deadline = $t0 + $STOP_TIMEOUT;
-    my %left = map { $_ => 1 } @$workers;
-
-    while (%left && time <= $deadline) {
-        my $log = error_log();
-        for my $pid (keys %left) {
-            delete $left{$pid}
-                if !_alive($pid) || $log =~ /\[notice\] $pid#\d+: exit$/m;
-        }
-        sleep 0.05 if %left;
-    }
+    my $deadline = $t0 + $stop;
+    my %left = map { $_ => 1 } _at_exit($workers, $deadline);
 
     my $name = sprintf("nginx quit: workers at exit within %ds (%.1f s), "
-                       . "then %ds for the leak scan", $STOP_TIMEOUT,
+                       . "then %ds for the leak scan", $stop,
                        time - $t0, $LEAK_SCAN_SECS);
 
     return (0, "$name; workers still working: " . join(' ', sort keys %left))
         if %left;
 
-    return (wait_exit($master, $deadline + $LEAK_SCAN_SECS - time), $name);
+    return (_wait_gone($master, $deadline + $LEAK_SCAN_SECS), $name);
+}
+
+
+# the workers of @$pids that neither logged their "exit" nor are gone by
+# time $until (polls until then or until none is left)
+sub _at_exit {
+    my ($pids, $until) = @_;
+    my %left = map { $_ => 1 } @$pids;
+
+    while (%left) {
+        my $log = error_log();
+        for my $pid (keys %left) {
+            delete $left{$pid}
+                if !_alive($pid) || $log =~ /\[notice\] $pid#\d+: exit$/m;
+        }
+        last if !%left || time > $until;
+        sleep 0.05;
+    }
+
+    return sort { $a <=> $b } keys %left;
+}
+
+
+# How long a worker takes to leave, as nginx and the module see it: true
+# once each worker of @$pids logged its "exit" (nginx's last word before
+# exit()) or is gone, within $seconds (a failure guard). Under ASan the
+# process lives on for LeakSanitizer's scan after that line: a test that
+# bounds an exit's time measures up to here, then wait_exit()s.
+sub wait_at_exit {
+    my ($pids, $seconds) = @_;
+    $seconds = $DEFAULT_TIMEOUT unless defined $seconds;
+
+    return !_at_exit($pids, time + deadline($seconds));
 }
 
 
@@ -461,7 +540,7 @@ sub wait_for_log {
     $count = 1 unless defined $count;
     $re = qr/\Q$re\E/ unless ref $re;
 
-    my $deadline = time + $seconds;
+    my $deadline = time + deadline($seconds);
     for (;;) {
         my $log = error_log();
         my $n = () = $log =~ /$re/g;
@@ -586,7 +665,7 @@ sub _send {
 
     my $sock = IO::Socket::INET->new(
         PeerAddr => '127.0.0.1', PeerPort => port(), Proto => 'tcp',
-        Timeout => $DEFAULT_TIMEOUT,
+        Timeout => deadline($DEFAULT_TIMEOUT),
     );
     return { error => "connect: $!", index => $index } unless $sock;
 
@@ -625,10 +704,12 @@ sub begin_requests {
 
 # Drives the connections of begin_requests until every one was answered
 # and closed, or $timeout passed. Returns [status, body, headers] for each,
-# in request order (status undef and body the reason on failure).
+# in request order (status undef and body the reason on failure). A given
+# $timeout is the client's, as it is (a test may give up on purpose); the
+# default one only guards against a hang, and is scaled as such.
 sub finish_requests {
     my ($conns, $timeout) = @_;
-    $timeout = $DEFAULT_TIMEOUT unless defined $timeout;
+    $timeout = deadline($DEFAULT_TIMEOUT) unless defined $timeout;
 
     my $deadline = time + $timeout;
     my %open = map { fileno($_->{sock}) => $_ }
@@ -846,7 +927,7 @@ sub _run_request {
     my ($block, $name) = @_;
 
     my $timeout = _scalar($block, 'timeout');
-    $timeout = $DEFAULT_TIMEOUT unless defined $timeout;
+    $timeout = deadline($DEFAULT_TIMEOUT) unless defined $timeout;
 
     if (defined $block->pipelined_requests) {
         my @reqs = map { _parse_request_line($_) }

@@ -25,10 +25,14 @@ sub new {
 }
 
 
-# a connection served by worker $pid (undef: any but those in @not)
+# a connection served by worker $pid (undef: any but those in @not). The
+# kernel picks the worker that accepts (an idle one that registered first
+# may take every connection for a while): ask until the one wanted did,
+# up to a deadline that only guards against a hang
 sub to_worker {
     my ($class, $pid, @not) = @_;
-    for (1 .. 500) {
+    my $deadline = time + FFITest::deadline(60);
+    for (my $n = 0; $n < 500 || time < $deadline; $n++) {
         my $c = $class->new;
         my (undef, $got) = $c->request('GET', '/pid');
         $c->{pid} = $got;
@@ -54,7 +58,7 @@ sub send_request {
 # (status, body) of the next response, waiting at most $timeout s
 sub read_response {
     my ($self, $timeout) = @_;
-    my $deadline = time + ($timeout || 30);
+    my $deadline = time + FFITest::deadline($timeout || 30);
     my $sel = IO::Select->new($self->{sock});
     for (;;) {
         if ($self->{buf} =~ /\A(HTTP\/1\.1 (\d+)[^\r]*\r\n(.*?)\r\n\r\n)/s) {

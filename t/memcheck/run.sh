@@ -65,6 +65,9 @@ export FFI_MODULE="$PWD/$out/ngx_http_lua_ffi_module.so"
 # (t/320's Python) that took 21 s on 2 busy cores. The harness keeps its
 # 20 s deadline up to each worker's "exit" and allows this much after it
 export FFI_LEAK_SCAN_SECS=60
+# nginx runs 2-3 times slower under ASan: every deadline that only guards
+# against a hang (t/lib/FFITest.pm's deadline()) is three times as long
+export FFI_TIMEOUT_SCALE=3
 
 # the control: LeakSanitizer must see a leak made on purpose in a worker
 mkdir -p "$logs/control"

@@ -90,10 +90,11 @@ sub footprint {
 }
 
 
-# polls $cond (a state that has no log line to wait for) until true
+# polls $cond (a state that has no log line to wait for) until true; the
+# deadline guards against a hang only, scaled as FFITest's (ASan, load)
 sub wait_until {
     my ($cond, $seconds) = @_;
-    my $deadline = time + $seconds;
+    my $deadline = time + FFITest::deadline($seconds);
     for (;;) {
         my $v = $cond->();
         return $v if $v;
