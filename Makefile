@@ -39,7 +39,7 @@ DEPS_BUILD := nginx nginx-dev libnginx-mod-http-lua libnginx-mod-http-ndk \
 	gcc make binutils
 DEPS_TEST := libtest-base-perl libtest-longstring-perl libtext-diff-perl \
 	libipc-run-perl curl wrk libasan8 spin prometheus python3-venv \
-	python3-cryptography
+	python3-cryptography libpython3-dev pkg-config
 
 MODULE_SRCS := config mk/exports.map $(wildcard src/*.[ch] manager/*.[ch] \
 	admin/*.[ch])
@@ -231,7 +231,8 @@ comma := ,
 TEST_LIBS := $(addprefix $(BUILD)/t/,libver-v1.so libver-v2.so libver-v3.so \
 	libver-fail.so libver-crashinit.so libver-crashctor.so \
 	libver-noisy.so libver-global.so libver-flaky.so \
-	libver-nodelete.so libver-nodelete2.so)
+	libver-nodelete.so libver-nodelete2.so libver-slowtrial.so \
+	libver-slowvm.so)
 
 $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	@mkdir -p $(BUILD)/t
@@ -242,7 +243,11 @@ $(BUILD)/t/libver-%.so: t/lib/reload/libver.c
 	  $(if $(filter noisy,$*),-DNOISY) \
 	  $(if $(filter flaky,$*),-DFLAKY) \
 	  $(if $(findstring nodelete,$*),-Wl$(comma)-z$(comma)nodelete) \
-	  $(if $(filter global,$*),-DNEEDS_GLOBAL) -o $@ $< -ldl
+	  $(if $(filter global,$*),-DNEEDS_GLOBAL) \
+	  $(if $(filter slow%,$*),-DTRIAL_SLEEP_MS=6000) \
+	  -o $@ $< -ldl \
+	  $(if $(filter slowvm,$*),-Wl$(comma)--no-as-needed \
+	    $$(pkg-config --libs python3-embed))
 
 test-libs: $(TEST_LIBS)
 	$(MAKE) -s -C t/lib/runtimes

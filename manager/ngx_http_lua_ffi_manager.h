@@ -121,8 +121,8 @@ void ngx_http_lua_ffi_reload_cancel(void *data);
 
 /* trial */
 ngx_int_t ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path,
-    ngx_str_t *cfgs, ngx_uint_t ncfgs, ngx_uint_t global, u_char *err,
-    size_t errlen);
+    ngx_str_t *cfgs, ngx_uint_t ncfgs, ngx_uint_t global,
+    ngx_uint_t pin_reason, u_char *err, size_t errlen);
 
 /* watcher */
 ngx_int_t ngx_http_lua_ffi_watch_init(ngx_cycle_t *cycle);

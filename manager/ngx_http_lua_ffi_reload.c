@@ -917,7 +917,8 @@ ngx_http_lua_ffi_op_trial(ngx_http_lua_ffi_op_t *op, ngx_str_t *path)
         n++;
     }
 
-    rc = ngx_http_lua_ffi_trial(op->v.shadow, path, cfgs, n, global, op->err,
+    rc = ngx_http_lua_ffi_trial(op->v.shadow, path, cfgs, n, global,
+                                op->v.pin_reason, op->err,
                                 NGX_HTTP_LUA_FFI_ERRLEN);
 
     for (i = 0; i < n; i++) {

@@ -427,7 +427,7 @@ ngx_http_lua_ffi_shm_current(ngx_str_t *path, ngx_str_t *name,
         && !(flags & NGX_HTTP_LUA_FFI_LOAD_NO_TRIAL)
         && ngx_http_lua_ffi_trial(nv.shadow, path, cfg, 1,
                                   flags & NGX_HTTP_LUA_FFI_LOAD_GLOBAL,
-                                  err, errlen)
+                                  nv.pin_reason, err, errlen)
            != NGX_OK)
     {
         ngx_http_lua_ffi_shadow_remove(&nv);

@@ -10,7 +10,15 @@
 #include <spawn.h>
 
 
-#define NGX_HTTP_LUA_FFI_TRIAL_MSEC  5000
+/*
+ * How long a trial may take: a C, Rust or Go library's constructors and
+ * libffi_init take milliseconds; one that starts a virtual machine (a
+ * JVM, libnode, libpython: libelf saw it) takes seconds, and on a busy
+ * host more than five (a JVM under load: 4 to 6 s), which must not read
+ * as a hang.
+ */
+#define NGX_HTTP_LUA_FFI_TRIAL_MSEC     5000
+#define NGX_HTTP_LUA_FFI_TRIAL_VM_MSEC  30000
 
 
 extern char **environ;
@@ -79,8 +87,8 @@ ngx_http_lua_ffi_trial_program(void)
  */
 
 static ngx_int_t
-ngx_http_lua_ffi_trial_wait(int fd, ngx_pid_t pid, int *status, u_char *line,
-    size_t len)
+ngx_http_lua_ffi_trial_wait(int fd, ngx_pid_t pid, ngx_msec_t msec,
+    int *status, u_char *line, size_t len)
 {
     int            n;
     size_t         got;
@@ -90,7 +98,7 @@ ngx_http_lua_ffi_trial_wait(int fd, ngx_pid_t pid, int *status, u_char *line,
 
     got = 0;
     ngx_time_update();
-    deadline = ngx_current_msec + NGX_HTTP_LUA_FFI_TRIAL_MSEC;
+    deadline = ngx_current_msec + msec;
 
     for ( ;; ) {
         ngx_time_update();
@@ -199,7 +207,8 @@ ngx_http_lua_ffi_trial_send(int fd, ngx_str_t *cfgs, ngx_uint_t ncfgs)
 
 ngx_int_t
 ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
-    ngx_uint_t ncfgs, ngx_uint_t global, u_char *err, size_t errlen)
+    ngx_uint_t ncfgs, ngx_uint_t global, ngx_uint_t pin_reason, u_char *err,
+    size_t errlen)
 {
     int                         in[2], out[2], status;
     char                       *argv[6];
@@ -209,6 +218,7 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
     ngx_uint_t                  n;
     sigset_t                    chld, old, none;
     ngx_pid_t                   pid;
+    ngx_msec_t                  msec;
     posix_spawnattr_t           attr;
     posix_spawn_file_actions_t  fa;
 
@@ -294,9 +304,13 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
     (void) ngx_http_lua_ffi_trial_send(in[1], cfgs, ncfgs);
     (void) close(in[1]);
 
+    msec = (pin_reason == NGX_HTTP_LUA_FFI_PIN_NONE
+            || pin_reason == NGX_HTTP_LUA_FFI_PIN_GO)
+           ? NGX_HTTP_LUA_FFI_TRIAL_MSEC : NGX_HTTP_LUA_FFI_TRIAL_VM_MSEC;
+
     status = 0;
     line[0] = '\0';
-    rc = ngx_http_lua_ffi_trial_wait(out[0], pid, &status, line,
+    rc = ngx_http_lua_ffi_trial_wait(out[0], pid, msec, &status, line,
                                      sizeof(line));
     (void) close(out[0]);
 
@@ -307,8 +321,8 @@ ngx_http_lua_ffi_trial(u_char *shadow, ngx_str_t *path, ngx_str_t *cfgs,
 
     if (rc == NGX_AGAIN) {
         ngx_snprintf(err, errlen, "\"%V\": a constructor or libffi_init did "
-                     "not return within %d ms in a trial process%Z", path,
-                     NGX_HTTP_LUA_FFI_TRIAL_MSEC);
+                     "not return within %M ms in a trial process%Z", path,
+                     msec);
         return NGX_DECLINED;
     }
 

@@ -70,3 +70,28 @@ env TEST_LIB;
 GET /t
 --- response_body
 nil 9
+
+
+
+=== TEST 4: a trial that takes 6 s: a hang for a C library, a start for a VM
+A library that starts a virtual machine (here: one that needs libpython, as
+libelf sees it) may take seconds to start in its trial on a busy host: it
+gets 30 s. A plain library whose trial does not end within 5 s is refused.
+--- config
+location = /t {
+    content_by_lua_block {
+        local lib = os.getenv("TEST_LIB")
+        local rt, err = ngx.load_ffi(lib .. "/libver-slowtrial.so")
+        ngx.say(tostring(rt), " ", (err:gsub("^.*/build/t/", "")))
+        local vm = assert(ngx.load_ffi(lib .. "/libver-slowvm.so"))
+        ngx.say(select(2, vm:call("version")))
+    }
+}
+--- main_config
+env TEST_LIB;
+--- request
+GET /t
+--- timeout: 60
+--- response_body
+nil libver-slowtrial.so": a constructor or libffi_init did not return within 5000 ms in a trial process
+slowvm

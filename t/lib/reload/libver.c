@@ -313,6 +313,13 @@ libffi_init(char *cfg, void *tq)
         return INIT_RC;
     }
 
+#ifdef TRIAL_SLEEP_MS
+    /* a start as slow as a virtual machine's on a busy host, in the trial */
+    if (ver_in_trial()) {
+        usleep(TRIAL_SLEEP_MS * 1000);
+    }
+#endif
+
 #ifdef NOISY
     /* a loader that talks: the trial's verdict must not be this */
     printf("libver " VERSION " says hello from libffi_init\n");
