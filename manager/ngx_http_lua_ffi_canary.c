@@ -322,11 +322,11 @@ ngx_http_lua_ffi_canary_converge(ngx_http_lua_ffi_library_t *lib,
                 return NGX_ERROR;
             }
 
-            /* the library's own reference, as a prepare takes it */
             img->pinned = (can->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE);
-            img->refcount++;
         }
 
+        /* the library's own reference, as a prepare takes it */
+        img->refcount++;
         lib->canary = img;
         lib->canary_version = can->version;
     }
@@ -402,10 +402,16 @@ ngx_http_lua_ffi_canary_leave(ngx_http_lua_ffi_library_t *lib)
     lib->canary = NULL;
     lib->canary_version = 0;
 
-    if (img && img != lib->current) {
-        img->state = NGX_HTTP_LUA_FFI_IMG_DRAINING;
-        ngx_http_lua_ffi_image_unref(img);
+    if (img == NULL) {
+        return;
     }
+
+    if (img != lib->current) {
+        img->state = NGX_HTTP_LUA_FFI_IMG_DRAINING;
+    }
+
+    /* the library's reference, whichever image it is */
+    ngx_http_lua_ffi_image_unref(img);
 }
 
 

@@ -611,8 +611,14 @@ ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
 
         /* an image that never served goes as soon as it is unused */
         img->pinned = (v->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE);
-        img->refcount++;
     }
+
+    /*
+     * The library's own reference, the same image included (the same
+     * bytes reloaded): its handles may all go before the commit, and
+     * their runtimes with them, while lib->next must stay mapped.
+     */
+    img->refcount++;
 
     lib->next = img;
     lib->next_version = v->version;
@@ -658,7 +664,8 @@ ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib)
     img = lib->next;
     lib->next = NULL;
 
-    if (img && img != lib->current) {
+    /* the reference prepare took, whichever image it is */
+    if (img) {
         ngx_http_lua_ffi_image_unref(img);
     }
 }
@@ -720,6 +727,7 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
 {
     int                          n;
     ngx_int_t                    rc;
+    ngx_uint_t                   held;
     ngx_queue_t                 *q;
     ngx_http_lua_ffi_image_t    *img, *old;
     ngx_http_lua_ffi_handle_t   *h;
@@ -729,6 +737,9 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
     img = lib->next;
     lib->next = NULL;
     old = lib->current;
+
+    /* a reference of the library's on img, given back at the end */
+    held = (img != NULL);
 
     if (lib->version != v->version) {
         lib->reloads++;
@@ -761,6 +772,7 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
 
             img->pinned = (v->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE);
             img->refcount++;
+            held = 1;
         }
     }
 
@@ -808,13 +820,19 @@ ngx_http_lua_ffi_registry_commit(ngx_http_lua_ffi_library_t *lib,
         img->pinned = !lib->unpin
                       || img->pin_reason != NGX_HTTP_LUA_FFI_PIN_NONE;
 
-        /* the reference prepare took on behalf of the library */
-        ngx_http_lua_ffi_image_unref(img);
-
         if (old) {
             old->state = NGX_HTTP_LUA_FFI_IMG_DRAINING;
             ngx_http_lua_ffi_image_drop(old);
         }
+    }
+
+    /*
+     * The reference prepare (or the open above) took on behalf of the
+     * library: last, the image is the runtimes' now; with none (every
+     * handle went meanwhile) an unpinned one is closed here.
+     */
+    if (held) {
+        ngx_http_lua_ffi_image_unref(img);
     }
 
     return rc;
