@@ -382,36 +382,16 @@ ngx_http_lua_ffi_canary_converge(ngx_http_lua_ffi_library_t *lib,
 static void
 ngx_http_lua_ffi_canary_leave(ngx_http_lua_ffi_library_t *lib)
 {
-    ngx_queue_t                *q;
-    ngx_http_lua_ffi_image_t   *img;
-    ngx_http_lua_ffi_handle_t  *h;
-
-    for (q = ngx_queue_head(&lib->handles);
-         q != ngx_queue_sentinel(&lib->handles);
-         q = ngx_queue_next(q))
-    {
-        h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
-
-        if (h->canary) {
-            ngx_http_lua_ffi_registry_retire(h->canary);
-            h->canary = NULL;
-        }
-    }
+    ngx_http_lua_ffi_image_t  *img;
 
     img = lib->canary;
     lib->canary = NULL;
     lib->canary_version = 0;
 
-    if (img == NULL) {
-        return;
-    }
-
-    if (img != lib->current) {
-        img->state = NGX_HTTP_LUA_FFI_IMG_DRAINING;
-    }
-
-    /* the library's reference, whichever image it is */
-    ngx_http_lua_ffi_image_unref(img);
+    ngx_http_lua_ffi_registry_drop_side(lib,
+                                        offsetof(ngx_http_lua_ffi_handle_t,
+                                                 canary),
+                                        img);
 }
 
 

@@ -72,6 +72,8 @@ ngx_uint_t ngx_http_lua_ffi_registry_behind(ngx_http_lua_ffi_library_t *lib,
 void ngx_http_lua_ffi_registry_drained(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_answered(ngx_http_lua_ffi_runtime_t *rt);
 void ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib);
+void ngx_http_lua_ffi_registry_drop_side(ngx_http_lua_ffi_library_t *lib,
+    size_t slot, ngx_http_lua_ffi_image_t *img);
 ngx_http_lua_ffi_runtime_t *ngx_http_lua_ffi_runtime_start(
     ngx_http_lua_ffi_image_t *img, ngx_uint_t generation, ngx_str_t *cfg,
     ngx_uint_t has_cfg, ngx_uint_t max_queue, int *rc, u_char *err,

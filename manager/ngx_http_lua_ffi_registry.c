@@ -642,32 +642,58 @@ ngx_http_lua_ffi_registry_prepare(ngx_http_lua_ffi_library_t *lib,
 }
 
 
+/*
+ * A side of the library ends here (a prepared reload aborted, a canary
+ * retired): each handle's runtime in that slot (offset in the handle)
+ * retires, and the library gives back its reference on the side's image,
+ * whichever image it is; one that does not serve any more drains.
+ */
+
 void
-ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib)
+ngx_http_lua_ffi_registry_drop_side(ngx_http_lua_ffi_library_t *lib,
+    size_t slot, ngx_http_lua_ffi_image_t *img)
 {
-    ngx_queue_t                *q;
-    ngx_http_lua_ffi_image_t   *img;
-    ngx_http_lua_ffi_handle_t  *h;
+    ngx_queue_t                  *q;
+    ngx_http_lua_ffi_handle_t    *h;
+    ngx_http_lua_ffi_runtime_t  **rt;
 
     for (q = ngx_queue_head(&lib->handles);
          q != ngx_queue_sentinel(&lib->handles);
          q = ngx_queue_next(q))
     {
         h = ngx_queue_data(q, ngx_http_lua_ffi_handle_t, link);
+        rt = (ngx_http_lua_ffi_runtime_t **) ((u_char *) h + slot);
 
-        if (h->next) {
-            ngx_http_lua_ffi_registry_retire(h->next);
-            h->next = NULL;
+        if (*rt) {
+            ngx_http_lua_ffi_registry_retire(*rt);
+            *rt = NULL;
         }
     }
+
+    if (img == NULL) {
+        return;
+    }
+
+    if (img != lib->current) {
+        img->state = NGX_HTTP_LUA_FFI_IMG_DRAINING;
+    }
+
+    ngx_http_lua_ffi_image_unref(img);
+}
+
+
+void
+ngx_http_lua_ffi_registry_abort(ngx_http_lua_ffi_library_t *lib)
+{
+    ngx_http_lua_ffi_image_t  *img;
 
     img = lib->next;
     lib->next = NULL;
 
-    /* the reference prepare took, whichever image it is */
-    if (img) {
-        ngx_http_lua_ffi_image_unref(img);
-    }
+    ngx_http_lua_ffi_registry_drop_side(lib,
+                                        offsetof(ngx_http_lua_ffi_handle_t,
+                                                 next),
+                                        img);
 }
 
 
