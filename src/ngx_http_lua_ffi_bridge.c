@@ -76,6 +76,7 @@ ngx_http_lua_ffi_bridge_init(ngx_cycle_t *cycle, int fd)
     ngx_queue_init(&w->calls);
 
     ngx_http_lua_ffi_spin_init(cycle, w);
+    ngx_http_lua_ffi_queue_wake_init(cycle);
 
     w->busy.handler = ngx_http_lua_ffi_busy_handler;
     w->busy.log = cycle->log;
@@ -184,6 +185,7 @@ ngx_http_lua_ffi_bridge_exit(ngx_cycle_t *cycle)
     }
 
     ngx_http_lua_ffi_bridge_stop_polling();
+    ngx_http_lua_ffi_queue_wake_owed();
 
     /* what runtimes logged while they stopped */
     ngx_http_lua_ffi_log_flush();

@@ -120,6 +120,8 @@ struct ngx_http_lua_ffi_queue_s {
     int                           closing;   /* NULL task appended */
     unsigned                      closed:1;  /* NULL task taken */
     ngx_uint_t                    id;        /* unique in the worker */
+    ngx_uint_t                    owed;      /* wakes due at cycle end */
+    ngx_queue_t                   owed_link; /* in the worker's list */
     ngx_uint_t                    strays;    /* answers to nothing */
     unsigned                      stray_logged:1;
 };
@@ -262,6 +264,8 @@ typedef struct {
     ngx_uint_t                    queue_spin_us;
     ngx_uint_t                    busy_rounds;
     int                           polling;   /* atomic: busy is on */
+    ngx_event_t                   wake;      /* wakes sleeping pollers */
+    ngx_queue_t                   owed;      /* queues it must wake */
     ngx_queue_t                   libraries;
     ngx_queue_t                   runtimes;  /* every runtime, any state */
     ngx_log_t                    *log;
@@ -336,6 +340,8 @@ void ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q);
 ngx_int_t ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
     ngx_http_lua_ffi_task_t *task);
 void ngx_http_lua_ffi_queue_close(ngx_http_lua_ffi_queue_t *q);
+void ngx_http_lua_ffi_queue_wake_init(ngx_cycle_t *cycle);
+void ngx_http_lua_ffi_queue_wake_owed(void);
 
 /* cpus: where the threads of libraries run (ffi_runtime_cpus) */
 char *ngx_http_lua_ffi_cpus_conf(ngx_conf_t *cf, ngx_command_t *cmd,

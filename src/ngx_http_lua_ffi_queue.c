@@ -6,6 +6,9 @@
 #include "ngx_http_lua_ffi_module.h"
 
 
+static void ngx_http_lua_ffi_queue_wake_handler(ngx_event_t *ev);
+
+
 uint64_t
 ngx_http_lua_ffi_now_ns(void)
 {
@@ -46,6 +49,10 @@ ngx_http_lua_ffi_queue_init(ngx_http_lua_ffi_queue_t *q, ngx_uint_t max,
 void
 ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q)
 {
+    if (q->owed) {
+        ngx_queue_remove(&q->owed_link);
+    }
+
     (void) pthread_cond_destroy(&q->cond);
     (void) pthread_mutex_destroy(&q->mutex);
 }
@@ -53,15 +60,18 @@ ngx_http_lua_ffi_queue_destroy(ngx_http_lua_ffi_queue_t *q)
 
 /*
  * NGX_OK: queued; NGX_BUSY: the queue is full; NGX_DECLINED: the NULL task
- * was already appended. Only wakes a poller when one sleeps, and signals
- * after unlocking so that the woken thread does not block on the mutex.
+ * was already appended. A poller that spins takes the task by itself. One
+ * that sleeps is woken once the event loop ran everything this cycle posts
+ * (queue_wake_handler): one wake for every task of the cycle instead of a
+ * futex wake each, and a woken thread that finds them all. Event loop only.
  */
 
 ngx_int_t
 ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
     ngx_http_lua_ffi_task_t *task)
 {
-    ngx_uint_t  wake;
+    ngx_uint_t                  sleepers;
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
 
     task->next = NULL;
 
@@ -86,15 +96,80 @@ ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
 
     q->tail = task;
     __atomic_store_n(&q->size, q->size + 1, __ATOMIC_RELEASE);
-    wake = q->sleepers;
+    sleepers = q->sleepers;
 
     (void) pthread_mutex_unlock(&q->mutex);
 
-    if (wake) {
-        (void) pthread_cond_signal(&q->cond);
+    /* a signal a task, at most one a sleeper (cond_wait may wake two) */
+    if (q->owed < sleepers) {
+        if (q->owed++ == 0) {
+            ngx_queue_insert_tail(&w->owed, &q->owed_link);
+        }
+
+        if (!w->wake.posted) {
+            ngx_post_event(&w->wake, &ngx_posted_events);
+        }
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Posted behind the events of this cycle that posted tasks (handlers of
+ * ngx_posted_events, this one included, run in the order they were
+ * posted, and those posted meanwhile too), so it runs before the event
+ * loop sleeps: a task waits for its poller no longer than the rest of
+ * the cycle. A poller that sleeps took nothing since its last look, so
+ * it finds every task posted while it slept.
+ */
+
+static void
+ngx_http_lua_ffi_queue_wake_handler(ngx_event_t *ev)
+{
+    ngx_queue_t                *l;
+    ngx_http_lua_ffi_queue_t   *q;
+    ngx_http_lua_ffi_worker_t  *w = ev->data;
+
+    while (!ngx_queue_empty(&w->owed)) {
+        l = ngx_queue_head(&w->owed);
+        ngx_queue_remove(l);
+        q = ngx_queue_data(l, ngx_http_lua_ffi_queue_t, owed_link);
+
+        for ( /* void */ ; q->owed; q->owed--) {
+            (void) pthread_cond_signal(&q->cond);
+        }
+    }
+}
+
+
+void
+ngx_http_lua_ffi_queue_wake_init(ngx_cycle_t *cycle)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    ngx_queue_init(&w->owed);
+
+    w->wake.handler = ngx_http_lua_ffi_queue_wake_handler;
+    w->wake.log = cycle->log;
+    w->wake.data = w;
+}
+
+
+/* At exit, when no cycle may follow: the wakes still due, now. */
+
+void
+ngx_http_lua_ffi_queue_wake_owed(void)
+{
+    ngx_http_lua_ffi_worker_t  *w = &ngx_http_lua_ffi_worker;
+
+    if (w->wake.posted) {
+        ngx_delete_posted_event(&w->wake);
+    }
+
+    if (w->owed.next) {
+        ngx_http_lua_ffi_queue_wake_handler(&w->wake);
+    }
 }
 
 

@@ -1,6 +1,7 @@
 /*
  * libffi_test: the command runtime the bridge's tests talk to ("echo:abc",
- * "rc:3", "sleep:50:x", "park:g:x"...). Uses only upstream's ABI names.
+ * "rc:3", "sleep:50:x", "park:g:x"...). Uses only upstream's ABI names,
+ * but for the cfg word "batch" (the host's task_poll_batch extension).
  */
 
 #include <errno.h>
@@ -23,6 +24,10 @@ extern char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
 extern void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp,
     int rsp_len);
 
+/* the extension, weak: only the cfg word "batch" needs it */
+#pragma weak ngx_http_lua_ffi_task_poll_batch
+extern int ngx_http_lua_ffi_task_poll_batch(void *tq, void **tasks, int n);
+
 int libffi_init(char *cfg, void *tq);
 
 
@@ -40,6 +45,8 @@ int libffi_init(char *cfg, void *tq);
  *   cfg                answers the cfg string (NULL when cfg was NULL)
  *   pid                answers getpid() in decimal
  *   nolen              calls get_req(task, NULL), answers "ok"
+ *   batch              answers how many tasks the poll that took it took
+ *                      (1 unless cfg has "batch")
  *   park:NAME:BYTES    answers BYTES once gate NAME opens (at once if open)
  *   release:NAME       opens gate NAME for good, answers "released N"
  *                      (N: parked tasks it answered)
@@ -53,6 +60,7 @@ int libffi_init(char *cfg, void *tq);
  *   hold=NAME    pollers wait until gate NAME opens before polling, so
  *                tasks pile up in the queue (max_queue tests)
  *   trace        one stderr (= error.log) line per task taken/answered
+ *   batch        pollers take up to 64 tasks a poll (task_poll_batch)
  *
  * Gates are per process and shared by every runtime of the image: a
  * "release" sent to one runtime frees tasks parked in another.
@@ -62,6 +70,7 @@ int libffi_init(char *cfg, void *tq);
 #define FFI_TEST_MAX_THREADS  64
 #define FFI_TEST_LABEL_LEN    64
 #define FFI_TEST_FAIL_RC      7
+#define FFI_TEST_MAX_BATCH    64
 
 
 typedef struct ffi_test_rt_s  ffi_test_rt_t;
@@ -95,6 +104,7 @@ struct ffi_test_rt_s {
     char                *cfg;           /* NULL when Lua passed nil */
     char                *hold;          /* gate to pass before polling */
     int                  trace;
+    int                  batch;         /* poll up to this many at once */
     int                  nthreads;
     pthread_t            pollers[FFI_TEST_MAX_THREADS];
 
@@ -521,7 +531,7 @@ ffi_test_timer(void *arg)
 
 
 static void
-ffi_test_handle(ffi_test_rt_t *rt, void *task)
+ffi_test_handle(ffi_test_rt_t *rt, void *task, int got)
 {
     int          len, alen, rc, used, trace;
     long         n;
@@ -608,6 +618,14 @@ ffi_test_handle(ffi_test_rt_t *rt, void *task)
         rsp = malloc(32);
         if (rsp != NULL) {
             snprintf(rsp, 32, "%d", (int) getpid());
+        }
+
+        ffi_test_answer(trace, task, 0, rsp, 0, label);
+
+    } else if (ffi_test_is("batch")) {
+        rsp = malloc(32);
+        if (rsp != NULL) {
+            snprintf(rsp, 32, "%d", got);
         }
 
         ffi_test_answer(trace, task, 0, rsp, 0, label);
@@ -716,7 +734,8 @@ ffi_test_unload(ffi_test_rt_t *rt)
 static void *
 ffi_test_poller(void *arg)
 {
-    void           *task;
+    int             i, got;
+    void           *tasks[FFI_TEST_MAX_BATCH];
     ffi_test_rt_t  *rt = arg;
 
     if (rt->hold != NULL) {
@@ -731,26 +750,34 @@ ffi_test_poller(void *arg)
             return NULL;
         }
 
-        task = ngx_http_lua_ffi_task_poll(rt->tq);
+        if (rt->batch > 1) {
+            got = ngx_http_lua_ffi_task_poll_batch(rt->tq, tasks, rt->batch);
 
-        if (task == NULL) {
+        } else {
+            tasks[0] = ngx_http_lua_ffi_task_poll(rt->tq);
+            got = (tasks[0] != NULL);
+        }
+
+        if (got == 0) {
             rt->unloaded = 1;
         }
 
         pthread_mutex_unlock(&rt->poll_lock);
 
-        if (task == NULL) {
+        if (got == 0) {
             ffi_test_unload(rt);
             return NULL;
         }
 
-        ffi_test_handle(rt, task);
+        for (i = 0; i < got; i++) {
+            ffi_test_handle(rt, tasks[i], got);
+        }
     }
 }
 
 
 /* cfg is a comma-separated list: "fail", "threads=N", "hold=NAME",
- * "trace"; other words are kept only as part of the "cfg" answer. */
+ * "trace", "batch"; other words are kept only as part of the "cfg" answer. */
 static int
 ffi_test_parse(ffi_test_rt_t *rt, const char *cfg)
 {
@@ -772,6 +799,11 @@ ffi_test_parse(ffi_test_rt_t *rt, const char *cfg)
 
         } else if (len == 5 && memcmp(p, "trace", 5) == 0) {
             rt->trace = 1;
+
+        } else if (len == 5 && memcmp(p, "batch", 5) == 0
+                   && ngx_http_lua_ffi_task_poll_batch != NULL)
+        {
+            rt->batch = FFI_TEST_MAX_BATCH;
 
         } else if (len > 8 && memcmp(p, "threads=", 8) == 0) {
             rt->nthreads = (int) ffi_test_number(p + 8, len - 8, &used);
