@@ -100,7 +100,7 @@ ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
 
     (void) pthread_mutex_unlock(&q->mutex);
 
-    /* a signal a task, at most one a sleeper (cond_wait may wake two) */
+    /* a signal a task, but no more than pollers sleep: extras wake nobody */
     if (q->owed < sleepers) {
         if (q->owed++ == 0) {
             ngx_queue_insert_tail(&w->owed, &q->owed_link);
