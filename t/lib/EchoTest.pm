@@ -43,6 +43,30 @@ function echo_check(label, rt, n, width)
 
     ngx.log(ngx.NOTICE, label, ": ", good, " of ", n, " calls echoed")
 end
+
+-- echo_burst(label, rt, n): n calls in flight at once (more than a runtime
+-- takes in one batch), every 4th of them empty, the others of n sizes
+function echo_burst(label, rt, n)
+    local good = 0
+
+    local function caller(i)
+        local req = i % 4 == 0 and "" or string.rep(string.char(i % 256), i)
+        local ok, res = rt:echo(req)
+        if ok and res == req then
+            good = good + 1
+        end
+    end
+
+    local threads = {}
+    for i = 1, n do
+        threads[i] = ngx.thread.spawn(caller, i)
+    end
+    for i = 1, n do
+        ngx.thread.wait(threads[i])
+    end
+
+    ngx.log(ngx.NOTICE, label, ": ", good, " of ", n, " calls echoed")
+end
 LUA
 
 our $echo_location = <<'CONF';
@@ -119,6 +143,25 @@ client_max_body_size 2m;
 --- request
 POST /echo
 --- response_body: true 0 same
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: 300 calls in flight at once, empty ones among them, all echoed
+--- main_config eval: $::main_config
+--- init_by_lua_block eval: $::init
+--- init_worker_by_lua_block
+ngx.timer.at(0, function()
+    local rt, err = ngx.load_ffi("@LIB@")
+    if not rt then
+        ngx.log(ngx.ERR, "load_ffi: ", err)
+        return
+    end
+    echo_burst("@LABEL@ burst", rt, 300)
+end)
+--- wait_for_log
+@LABEL@ burst: 300 of 300 calls echoed
 --- no_error_log
 [error]
 SPEC
