@@ -100,6 +100,21 @@ ngx_http_lua_ffi_queue_push(ngx_http_lua_ffi_queue_t *q,
 
     (void) pthread_mutex_unlock(&q->mutex);
 
+    /*
+     * Once the worker shuts down, calls also come from outside the cycle:
+     * lua-nginx-module runs pending ngx.timer handlers (premature) from
+     * ngx_close_idle_connections(), after the posted events ran and right
+     * before epoll_wait(), which a posted wake would wait out. Latency
+     * matters no more then: the wake goes at once.
+     */
+    if (ngx_exiting) {
+        if (sleepers) {
+            (void) pthread_cond_signal(&q->cond);
+        }
+
+        return NGX_OK;
+    }
+
     /* a signal a task, but no more than pollers sleep: extras wake nobody */
     if (q->owed < sleepers) {
         if (q->owed++ == 0) {
