@@ -108,6 +108,7 @@ import (
 	"log"
 	"os"
 	"runtime"
+	"strconv"
 	"unsafe"
 )
 
@@ -148,8 +149,7 @@ func newLogger(tq unsafe.Pointer, level C.int) *log.Logger {
 // the next: under load a call carries several tasks, and the call that
 // blocks is made once per batch, not per task. It blocks in C between
 // tasks, so it owns an OS thread for its lifetime.
-func poll(tq unsafe.Pointer) {
-	b := (*C.echo_batch_t)(C.calloc(1, C.sizeof_echo_batch_t))
+func poll(tq unsafe.Pointer, b *C.echo_batch_t) {
 	defer C.free(unsafe.Pointer(b))
 
 	for C.exchange(tq, b) != 0 {
@@ -199,7 +199,15 @@ func libffi_init(cfg *C.char, tq unsafe.Pointer) C.int {
 	C.free(unsafe.Pointer(dict))
 	C.free(unsafe.Pointer(key))
 
-	go poll(tq)
+	// the batch is C memory (cgo's calloc does not abort on failure): no
+	// memory, no runtime, and the host reports libffi_init's 1
+	b := (*C.echo_batch_t)(C.calloc(1, C.sizeof_echo_batch_t))
+	if b == nil {
+		logger.Print("no memory for a batch")
+		return 1
+	}
+
+	go poll(tq, b)
 	return 0
 }
 
@@ -208,9 +216,14 @@ func libffi_init(cfg *C.char, tq unsafe.Pointer) C.int {
 // use: 1 when nginx binds its workers on a 2-CPU machine) sysmon takes the
 // P away from every wait longer than 20 us, and each next call has to get
 // one back: about 10 us of CPU a call, in futex wakes and sysmon's
-// wake-ups. A GOMAXPROCS set in the environment is left as it is.
+// wake-ups. Two Ps suit one runtime per worker; a library run as several
+// runtimes at once (other cfgs, or a restart while the old one drains)
+// wants one more P per poll goroutine. A valid GOMAXPROCS in the
+// environment nginx was started with is left as it is (the Go runtime
+// reads the process's first environment, not what nginx.conf's `env` sets).
 func init() {
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
+	n, err := strconv.Atoi(os.Getenv("GOMAXPROCS"))
+	if (err != nil || n <= 0) && runtime.GOMAXPROCS(0) < 2 {
 		runtime.GOMAXPROCS(2)
 	}
 }

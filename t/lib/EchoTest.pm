@@ -44,8 +44,10 @@ function echo_check(label, rt, n, width)
     ngx.log(ngx.NOTICE, label, ": ", good, " of ", n, " calls echoed")
 end
 
--- echo_burst(label, rt, n): n calls in flight at once (more than a runtime
--- takes in one batch), every 4th of them empty, the others of n sizes
+-- echo_burst(label, rt, n): n calls in flight at once (more than the Go
+-- echo's batch of 64 can hold, though how many a poll takes is up to the
+-- threads), every 4th of them empty (a zero-length string), the others of
+-- n sizes
 function echo_burst(label, rt, n)
     local good = 0
 

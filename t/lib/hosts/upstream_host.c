@@ -1,8 +1,11 @@
 /*
  * A host with only upstream's runtime ABI (task_poll, get_req, respond; no
  * task_poll_batch, no runtime services): loads a library, echoes N calls
- * through it, then hands out the NULL task. Shows that an example library
- * still works where our extensions are missing. Usage: host LIB N.
+ * through it, then hands out the NULL task and waits until the library
+ * took it: every call answered exactly once, none of the ABI used after the
+ * NULL task (upstream frees the queue then). Shows that an example library
+ * still works where our extensions are missing. Usage: host LIB N. Ends
+ * itself after 60 s (SIGALRM) rather than hang on a lost answer.
  */
 
 #include <dlfcn.h>
@@ -10,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 
 typedef struct {
@@ -26,6 +30,7 @@ static pthread_mutex_t   mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t    cond = PTHREAD_COND_INITIALIZER;
 static host_task_t     **queue;
 static int               head, tail, closed, answered;
+static int               nulls, after_null;
 
 
 void *
@@ -37,11 +42,20 @@ ngx_http_lua_ffi_task_poll(void *tq)
 
     pthread_mutex_lock(&mutex);
 
+    if (nulls) {
+        after_null++;
+    }
+
     while (head == tail && !closed) {
         pthread_cond_wait(&cond, &mutex);
     }
 
     task = (head < tail) ? queue[head++] : NULL;
+
+    if (task == NULL) {
+        nulls++;
+        pthread_cond_broadcast(&cond);
+    }
 
     pthread_mutex_unlock(&mutex);
 
@@ -53,6 +67,10 @@ char *
 ngx_http_lua_ffi_get_req(void *tsk, int *len)
 {
     host_task_t  *task = tsk;
+
+    pthread_mutex_lock(&mutex);
+    after_null += (nulls != 0);
+    pthread_mutex_unlock(&mutex);
 
     if (len != NULL) {
         *len = task->len;
@@ -69,6 +87,7 @@ ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len)
 
     pthread_mutex_lock(&mutex);
 
+    after_null += (nulls != 0);
     task->rc = rc;
     task->rsp = rsp;
     task->rsp_len = (rsp_len == 0 && rsp != NULL) ? (int) strlen(rsp)
@@ -95,6 +114,7 @@ main(int argc, char **argv)
     }
 
     n = atoi(argv[2]);
+    alarm(60);
 
     if (dlsym(RTLD_DEFAULT, "ngx_http_lua_ffi_task_poll_batch") != NULL) {
         fprintf(stderr, "this host must not have task_poll_batch\n");
@@ -139,7 +159,10 @@ main(int argc, char **argv)
 
     closed = 1;
     pthread_cond_broadcast(&cond);
-    pthread_mutex_unlock(&mutex);
+
+    while (nulls == 0) {
+        pthread_cond_wait(&cond, &mutex);
+    }
 
     good = 0;
 
@@ -153,7 +176,10 @@ main(int argc, char **argv)
         }
     }
 
-    printf("%d of %d calls echoed\n", good, n);
+    printf("%d of %d calls echoed, %d NULL task taken, %d ABI calls after it\n",
+           good, n, nulls, after_null);
 
-    return good == n ? 0 : 1;
+    pthread_mutex_unlock(&mutex);
+
+    return (good == n && nulls == 1 && after_null == 0) ? 0 : 1;
 }
