@@ -67,8 +67,17 @@ ngx_http_lua_ffi_shm_add(ngx_conf_t *cf, ngx_http_lua_ffi_main_conf_t *fmcf)
     size_t           old;
     ngx_shm_zone_t  *zone;
 
-    if (fmcf->shm_size < sizeof(ngx_http_lua_ffi_shm_t) + 65536) {
-        fmcf->shm_size = sizeof(ngx_http_lua_ffi_shm_t) + 65536;
+    /*
+     * Beyond its fixed tables the zone holds every worker's status view at
+     * once (GET /ffi/status; tens of kB for a worker with a hundred
+     * runtimes, page-rounded by the slab allocator) and the libraries'
+     * cfgs: NGX_HTTP_LUA_FFI_SHM_ROOM of room, whatever ffi_shm_size says.
+     */
+    if (fmcf->shm_size < sizeof(ngx_http_lua_ffi_shm_t)
+                         + NGX_HTTP_LUA_FFI_SHM_ROOM)
+    {
+        fmcf->shm_size = sizeof(ngx_http_lua_ffi_shm_t)
+                         + NGX_HTTP_LUA_FFI_SHM_ROOM;
     }
 
     /*

@@ -15,6 +15,8 @@
 #define NGX_HTTP_LUA_FFI_SHM_WORKERS   128
 #define NGX_HTTP_LUA_FFI_SHM_CFGS      16
 #define NGX_HTTP_LUA_FFI_KEYLEN        64     /* a canary's ngx.var name */
+/* room beyond the fixed tables: status views of every worker, cfgs */
+#define NGX_HTTP_LUA_FFI_SHM_ROOM      (2 * 1024 * 1024)
 
 
 typedef enum {

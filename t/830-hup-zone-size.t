@@ -45,7 +45,7 @@ sub versions {
 }
 
 install(release('v1'), $ver);
-FFITest::start_nginx(%run, http_config => http_config('4m'));
+FFITest::start_nginx(%run, http_config => http_config('8m'));
 ok(FFITest::wait_for_log('loaded', 10, 2), 'both workers up');
 my @old = sort { $a <=> $b } workers(2);
 
@@ -57,13 +57,13 @@ is_deeply(versions(status()), [1, 2], 'history: versions 1 and 2');
 
 # ---- HUP with a zone of another size
 open my $f, '>', "$root/conf/nginx.conf" or die;
-print $f FFITest::_conf(%run, http_config => http_config('8m'));
+print $f FFITest::_conf(%run, http_config => http_config('16m'));
 close $f;
 FFITest::signal('HUP');
 ok(FFITest::wait_for_log(qr/ffi_shm_size cannot change/, 20),
    'HUP with another ffi_shm_size: refused, saying why');
 like(FFITest::error_log(),
-     qr/ffi_shm_size cannot change from 4194304 to 8388608/,
+     qr/ffi_shm_size cannot change from 8388608 to 16777216/,
      '... naming both sizes');
 is_deeply([sort { $a <=> $b } FFITest::worker_pids()], \@old,
           'the running workers serve on');
@@ -77,7 +77,7 @@ is_deeply(versions(status()), [1, 2, 3], 'history: versions 1, 2, 3');
 
 # ---- HUP with the same size: applied, state kept
 open $f, '>', "$root/conf/nginx.conf" or die;
-print $f FFITest::_conf(%run, http_config => http_config('4m'));
+print $f FFITest::_conf(%run, http_config => http_config('8m'));
 close $f;
 FFITest::signal('HUP');
 ok(wait_until(sub {
