@@ -56,30 +56,6 @@ location = /many {
 }
 CONF
 
-# every thread of the worker sleeps: the event loop in epoll_wait, the
-# runtime's poller in its condition wait, its timer thread likewise
-sub all_asleep {
-    my ($pid) = FFITest::worker_pids();
-    opendir(my $dh, "/proc/$pid/task") or return 0;
-    my @tids = grep { /^\d+$/ } readdir($dh);
-    closedir($dh);
-    for my $tid (@tids) {
-        open(my $fh, '<', "/proc/$pid/task/$tid/stat") or return 0;
-        my $stat = <$fh>;
-        close($fh);
-        return 0 unless $stat =~ /\) S /;
-    }
-    return @tids >= 3;
-}
-
-sub wait_asleep {
-    my $until = time() + FFITest::deadline(10);
-    until (all_asleep()) {
-        return 0 if time() > $until;
-        select(undef, undef, undef, 0.01);
-    }
-    return 1;
-}
 
 FFITest::start_nginx(config => $config,
                      http_config => 'ffi_queue_spin_us 0;');
@@ -88,7 +64,7 @@ my ($status, $body) = FFITest::http('GET', '/warm');
 is($body, "true 1\n", 'a lone call is a poll of one');
 
 for my $round (1 .. 3) {
-    ok(wait_asleep(), "round $round: the poller sleeps");
+    ok(FFITest::wait_threads_asleep(3), "round $round: the poller sleeps");
     ($status, $body) = FFITest::http('GET', '/burst');
     is($body, join(',', ('true 32') x 32) . "\n",
        "round $round: 32 calls of one cycle, taken in one poll");
@@ -97,7 +73,7 @@ for my $round (1 .. 3) {
 # several pollers asleep: as many wakes as tasks, at most one a poller, and
 # no task left behind, with task_poll or task_poll_batch
 for my $cfg ('threads=4', 'threads=4,batch', 'threads=64') {
-    ok(wait_asleep(), "$cfg: the pollers sleep");
+    ok(FFITest::wait_threads_asleep(3), "$cfg: the pollers sleep");
     ($status, $body) = FFITest::http('GET', "/many?cfg=$cfg");
     is($body, "answered 64 of 64\n", "$cfg: every call answered");
 }

@@ -37,28 +37,6 @@ location = /arm {
 CONF
 $config =~ s/LATE/$late/;
 
-sub all_asleep {
-    my ($pid) = FFITest::worker_pids();
-    opendir(my $dh, "/proc/$pid/task") or return 0;
-    my @tids = grep { /^\d+$/ } readdir($dh);
-    closedir($dh);
-    for my $tid (@tids) {
-        open(my $fh, '<', "/proc/$pid/task/$tid/stat") or return 0;
-        my $stat = <$fh>;
-        close($fh);
-        return 0 unless $stat =~ /\) S /;
-    }
-    return @tids >= 2;
-}
-
-sub wait_asleep {
-    my $until = time() + FFITest::deadline(10);
-    until (all_asleep()) {
-        return 0 if time() > $until;
-        select(undef, undef, undef, 0.01);
-    }
-    return 1;
-}
 
 FFITest::start_nginx(config => $config,
                      http_config => 'ffi_queue_spin_us 0; '
@@ -66,7 +44,7 @@ FFITest::start_nginx(config => $config,
 
 my ($status, $body) = FFITest::http('GET', '/arm');
 is($body, "armed\n", 'a timer waits, the runtime answered once');
-ok(wait_asleep(), 'the poller sleeps');
+ok(FFITest::wait_threads_asleep(2), 'the poller sleeps');
 
 FFITest::stop_nginx('shutdown with a call from a premature timer');
 

@@ -312,6 +312,36 @@ sub _our_processes {
 }
 
 
+# Waits until every thread of the (only) worker sleeps (state S in
+# /proc: the event loop in epoll_wait, runtime pollers in their waits), and
+# there are at least $min of them. 0 at the (scaled) deadline.
+sub wait_threads_asleep {
+    my ($min) = @_;
+    my $until = time() + deadline(10);
+    for (;;) {
+        my ($pid) = worker_pids();
+        my @tids;
+        if (opendir(my $dh, "/proc/$pid/task")) {
+            @tids = grep { /^\d+$/ } readdir($dh);
+            closedir($dh);
+        }
+        my $asleep = @tids >= $min;
+        for my $tid (@tids) {
+            open(my $fh, '<', "/proc/$pid/task/$tid/stat") or do {
+                $asleep = 0;
+                last;
+            };
+            my $stat = <$fh>;
+            close($fh);
+            $asleep = 0, last unless $stat =~ /\) S /;
+        }
+        return 1 if $asleep;
+        return 0 if time() > $until;
+        select(undef, undef, undef, 0.01);
+    }
+}
+
+
 sub worker_pids {
     return () unless $MASTER_PID;
 
