@@ -47,13 +47,15 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
 
     try:
+        timed(measure.run_floor, b)
         b.start_uds()
         modes = ["unpinned", "pinned"]
         # mode (c) needs ffi_runtime_cpus: nginx -t tells whether the
         # module has it
         if b.knows_runtime_cpus():
-            modes.append("inherit")
-            log("ffi_runtime_cpus inherit: measured (the module has it)")
+            modes += ["inherit", "every"]
+            log("ffi_runtime_cpus inherit and every CPU: measured (the "
+                "module has it)")
         else:
             log("ffi_runtime_cpus inherit: skipped (the module does not "
                 "know the directive)")

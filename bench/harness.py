@@ -68,6 +68,8 @@ PROFILE_SECS = knob("PROFILE_SECS", 5, 2, 1)
 # 512 B calls, then wrk -c32 for WRK_SECS
 MCOST_ROUNDS = knob("MCOST_ROUNDS", 5, 3, 1)
 MCOST_N = knob("MCOST_N", 20000, 5000, 10)
+# bench/floor: seconds per hand-off case, in milliseconds
+FLOOR_MS = knob("FLOOR_MS", 500, 200, 20)
 
 # the module before the metrics, built by bench/run.sh (or why not)
 BEFORE_MODULE = os.environ.get("BENCH_BEFORE_MODULE")
@@ -109,12 +111,19 @@ LABEL = {k: label for k, label, _ in WAYS}
 EXAMPLE_DIRS = ["go", "rust", "python", "java", "nodejs"]
 
 # the CPU modes: (key, title, worker_cpu_affinity, ffi_runtime_cpus)
+# the CPUs this process may use, as ffi_runtime_cpus reads a list
+ALL_CPUS = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+
 MODES = [
     ("unpinned", "no CPU affinity (nginx's default)", None, None),
     ("pinned", "`worker_cpu_affinity auto`, default runtime CPUs",
      "auto", None),
     ("inherit", "`worker_cpu_affinity auto` + `ffi_runtime_cpus inherit`",
      "auto", "inherit"),
+    # runtime threads may also run where their worker runs: the scheduler
+    # is free again, the workers stay bound
+    ("every", "`worker_cpu_affinity auto` + `ffi_runtime_cpus %s` (every "
+     "CPU)" % ALL_CPUS, "auto", ALL_CPUS),
 ]
 MODE_TITLE = {k: t for k, t, _, _ in MODES}
 

@@ -1,22 +1,51 @@
-# The measurements of issues 7, 16 and 15: sequential round trips,
-# throughput, reload under load, memory, and the metrics' per-call cost
-# (run in this order by bench/bench.py).
+# The measurements of issues 7, 16 and 15: what the machine charges for a
+# hand-off and a process start, sequential round trips, throughput, reload
+# under load, memory, and the metrics' per-call cost (run in this order by
+# bench/bench.py).
 
 import http.client
 import json
 import os
 import signal
 import statistics
+import subprocess
 import threading
 import time
 
 from harness import (AFTER_LUA, AFTER_MODULE, AFTER_REV, BEFORE_LUA,
-                     BEFORE_MODULE, BEFORE_REV, BEFORE_SKIP, LABEL, LIB,
-                     MCOST_N, MCOST_ROUNDS, MODE_TITLE, MEM_CALLS, MEM_RELOADS,
-                     RELOAD_EVERY_MS, RELOADS, SEQ_N, SEQ_ROUND_SECS,
-                     SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, SETTLE_TIMEOUT, WAYS,
-                     WRK_CONNS, WRK_ROUNDS, WRK_SECS, WRK_SIZE, log,
-                     percentile, wait_for)
+                     BEFORE_MODULE, BEFORE_REV, BEFORE_SKIP, FLOOR_MS, LABEL,
+                     LIB, MCOST_N, MCOST_ROUNDS, MEM_CALLS, MEM_RELOADS,
+                     MODE_TITLE, PREFIX, RELOADS, RELOAD_EVERY_MS, SEQ_N,
+                     SEQ_ROUNDS, SEQ_ROUND_SECS, SEQ_SIZES, SEQ_WAYS,
+                     SETTLE_TIMEOUT, WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS,
+                     WRK_SIZE, log, percentile, wait_for)
+
+
+# ---- (0) the machine's floor ----
+
+def run_floor(b):
+    """bench/floor: two threads handing a turn to each other (on a futex,
+    or spinning as the module's queue does; one CPU or two; with a busy
+    thread on the second CPU, as a saturated worker), then process starts
+    (posix_spawn to main), idle and with every CPU busy. Before nginx
+    starts, so that nothing else of the benchmark runs meanwhile."""
+    log("== the machine's floor: thread hand-offs (%d ms each), process "
+        "starts" % FLOOR_MS)
+    out = subprocess.run([os.path.join(PREFIX, "floor"),
+                          "%.3f" % (FLOOR_MS / 1e3)],
+                         stdout=subprocess.PIPE, check=True, timeout=300)
+    rows = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    for r in rows:
+        if r["what"] == "handoff":
+            log("  %-34s %8.2f µs wall, %8.2f µs CPU a round trip%s"
+                % (r["name"], r["wall_us"], r["cpu_us"],
+                   ", the busy thread loses %.2f µs" % r["neighbour_lost_us"]
+                   if "neighbour_lost_us" in r else ""))
+        else:
+            log("  process start, %d busy thread(s) a CPU: median %.2f ms, "
+                "p90 %.2f" % (r["busy_per_cpu"], r["median_ms"],
+                              r["p90_ms"]))
+    b.results["floor"] = rows
 
 
 # ---- (1) sequential round trips ----
@@ -69,6 +98,26 @@ def spread(values, fmt="%.1f"):
 
 # ---- (2) throughput ----
 
+def cpu_times():
+    """The machine's CPU time so far, all CPUs: (idle and iowait, all)."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:9]]
+    return t[3] + t[4], sum(t)
+
+
+def idle_during(secs):
+    """The share of the machine's CPU time that nothing used while wrk
+    ran, its first and last eighth left out (connecting, stopping): a
+    way that leaves the CPUs idle under load waits for something else
+    than CPU."""
+    edge = secs / 8.0
+    time.sleep(edge)
+    idle0, all0 = cpu_times()
+    time.sleep(secs - 2 * edge)
+    idle1, all1 = cpu_times()
+    return 100.0 * (idle1 - idle0) / max(all1 - all0, 1)
+
+
 def run_throughput(b):
     log("== throughput (%s): wrk, %d rounds of %d s per way, each round "
         "takes every way in turn, %d B answers"
@@ -82,8 +131,10 @@ def run_throughput(b):
             order = WAYS if i % 2 == 0 else WAYS[::-1]
             for way, _, _ in order:
                 p = b.wrk("/%s?size=%d" % (way, WRK_SIZE), conns, WRK_SECS)
+                idle = idle_during(WRK_SECS)
                 r = b.wrk_result(p)
                 del r["raw"]
+                r["idle_pct"] = idle
                 runs[way].append(r)
         for way, _, _ in WAYS:
             # the median round by rate stands for the way; all count for
@@ -97,9 +148,9 @@ def run_throughput(b):
                      non2xx=sum(x["non2xx"] for x in done))
             rows.append(r)
             log("  %-12s c=%-3d %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  "
-                "errors %d  non-2xx %d  (rounds %s)"
+                "CPU idle %4.1f%%  errors %d  non-2xx %d  (rounds %s)"
                 % (LABEL[way], conns, r["rps"], r["p50"] or -1,
-                   r["p99"] or -1, r["errors"], r["non2xx"],
+                   r["p99"] or -1, r["idle_pct"], r["errors"], r["non2xx"],
                    "-".join("%.0f" % x for x in sorted(r["rounds"]))))
     for r in rows:
         lua = [x for x in rows

@@ -9,10 +9,10 @@ import subprocess
 
 import ffiprofile
 from ffiprofile import LABELS, SYSCALLS
-from harness import (BENCH, LABEL, MEM_CALLS, MEM_RELOADS, MODE_TITLE,
-                     MODES, OUT, PREFIX, RELOAD_EVERY_MS, REPO, SEQ_N,
-                     SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS, TINY,
-                     WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS, WRK_SIZE,
+from harness import (ALL_CPUS, BENCH, LABEL, MEM_CALLS, MEM_RELOADS,
+                     MODE_TITLE, MODES, OUT, PREFIX, RELOAD_EVERY_MS, REPO,
+                     SEQ_N, SEQ_ROUND_SECS, SEQ_ROUNDS, SEQ_SIZES, SEQ_WAYS,
+                     TINY, WAYS, WRK_CONNS, WRK_ROUNDS, WRK_SECS, WRK_SIZE,
                      log)
 from measure import spread
 
@@ -28,7 +28,7 @@ RELOAD_MEDIAN_MS = 5
 # the modes the targets speak of ("both modes"); mode (c) is shown beside
 TARGET_MODES = ("unpinned", "pinned")
 SHORT = {"unpinned": "no affinity", "pinned": "affinity auto",
-         "inherit": "auto + inherit"}
+         "inherit": "auto + inherit", "every": "auto + every CPU"}
 
 
 def modes(b):
@@ -344,26 +344,30 @@ def report_wrk(w, b):
       "%d-byte answers, in %d rounds that take every way in turn; the "
       "round with the median rate stands for the way (its p99 too), the "
       "range shows the noise; failed counts every round. wrk runs on the "
-      "same 2 CPUs.%s"
+      "same 2 CPUs. Idle: the share of the machine's CPU time nothing "
+      "used during the median round (/proc/stat; its first and last "
+      "eighth left out).%s"
       % (WRK_SECS, WRK_SIZE, WRK_ROUNDS,
          " Tiny mode (a smoke run): figures meaningless." if TINY
          else ""))
     w("")
-    head = " | ".join("c%d req/s | c%d p99 ms | c%d vs pure Lua"
-                      % (c, c, c) for c in WRK_CONNS)
+    head = " | ".join("c%d req/s | c%d p99 ms | c%d vs pure Lua | c%d idle"
+                      % (c, c, c, c) for c in WRK_CONNS)
     w("| CPUs | way | " + head + " | rounds, req/s | failed |")
-    w("|---|---|" + "---:|---:|---:|" * len(WRK_CONNS) + "---:|---:|")
+    w("|---|---|" + "---:|---:|---:|---:|" * len(WRK_CONNS) + "---:|---:|")
     for config, title in modes(b):
         for way, label, _ in WAYS:
             cells, failed, spreads = [], 0, []
             for conns in WRK_CONNS:
                 r = wrk_row(b, config, conns, way)
                 if r is None:
-                    cells += ["", "", ""]
+                    cells += ["", "", "", ""]
                     continue
                 failed += r["errors"] + r["non2xx"]
                 cells += [num(r["rps"]), "%.2f" % (r["p99"] or 0),
-                          "%.0f%%" % (r["vs_lua"] * 100)]
+                          "%.0f%%" % (r["vs_lua"] * 100),
+                          "%.0f%%" % r["idle_pct"] if "idle_pct" in r
+                          else ""]
                 rounds = r.get("rounds", [r["rps"]])
                 spreads.append("c%d %s-%s" % (conns, num(min(rounds)),
                                               num(max(rounds))))
@@ -529,6 +533,154 @@ def report_mcost(w, m):
     w("")
 
 
+# section 5's categories, as section 7 groups them
+HANDOFF_CATS = ("futex", "efd_write", "efd_read", "epoll", "yield", "spin")
+CALL_CATS = ("pushlstring", "memcpy_rt", "memcpy_req", "memcpy", "memcmp",
+             "malloc", "pthread", "ffi", "luajit", "clock", "ngx_lua",
+             "runtime")
+
+
+def cpu_of(p, cats=None):
+    """µs of CPU per call in profile p, of these categories (or all)."""
+    return sum(sum(v) for k, v in p["cats"].items()
+               if cats is None or k in cats) / 1e3 / p["calls"]
+
+
+def report_floor(w, b):
+    floor = b.results["floor"]
+    hand = {r["name"]: r for r in floor if r["what"] == "handoff"}
+    spawn = {r["busy_per_cpu"]: r for r in floor if r["what"] == "spawn"}
+    w("## 7. What the misses come from")
+    w("")
+    w("### The machine's floor")
+    w("")
+    w("bench/floor.c, run before nginx starts: two threads hand a turn to "
+      "each other and back (a round trip, as a call and its answer), "
+      "waiting on a futex or spinning as the module's queue does (a pause "
+      "a look, `sched_yield()` every 64); on one CPU or on two; with a "
+      "thread that never sleeps on the second CPU, as a saturated worker "
+      "is in mode (b), and what that thread loses. Then %d process starts "
+      "(`posix_spawn()` of a small program until its `main()` runs: what "
+      "a reload's trial costs before any library is mapped), with the CPUs "
+      "idle and with a busy thread on every CPU."
+      % (list(spawn.values())[0]["spawns"] if spawn else 0))
+    w("")
+    w("| hand-off, round trip | wall µs | CPU µs (both threads) | the busy "
+      "thread loses, µs |")
+    w("|---|---:|---:|---:|")
+    for r in hand.values():
+        w("| %s | %.2f | %.2f | %s |"
+          % (r["name"], r["wall_us"], r["cpu_us"],
+             "%.2f" % r["neighbour_lost_us"] if "neighbour_lost_us" in r
+             else ""))
+    w("")
+    w("| process start | median ms | p90 ms | max ms |")
+    w("|---|---:|---:|---:|")
+    for busy, r in sorted(spawn.items()):
+        w("| %s | %.2f | %.2f | %.2f |"
+          % ("CPUs idle" if busy == 0 else "a busy thread on every CPU",
+             r["median_ms"], r["p90_ms"], r["max_ms"]))
+    w("")
+
+    ffi = profile_of(b, "wrk32", "pinned")
+    lua = profile_of(b, "wrk32lua", "pinned")
+    rate = wrk_row(b, "pinned", 32, "lua")
+    want = dict(((f, o), x) for f, o, x in WRK_TARGETS)[("ffi-c", "lua")]
+    if ffi and lua and rate and rate["rps"]:
+        ncpu = b.results["run"]["machine"]["nproc"]
+        budget = (1 / want - 1) * ncpu * 1e6 / rate["rps"]
+        w("### Bound workers: idle CPUs, and where an ffi call's CPU goes")
+        w("")
+        idle = []
+        for config, short in (("pinned", "mode (b)"),
+                              ("unpinned", "no affinity"),
+                              ("inherit", "`ffi_runtime_cpus inherit`"),
+                              ("every", "mode (d), every CPU")):
+            f = wrk_row(b, config, 32, "ffi-c")
+            u = wrk_row(b, config, 32, "lua")
+            if f and u and "idle_pct" in f and "idle_pct" in u:
+                idle.append("%s %.0f%% (pure Lua %.0f%%)"
+                            % (short, f["idle_pct"], u["idle_pct"]))
+        if idle:
+            w("Under wrk -c32, ffi C left this share of the machine's CPU "
+              "time unused (section 2): %s. With `worker_cpu_affinity "
+              "auto` and as many workers as CPUs, every CPU a runtime "
+              "thread may use by default is another worker's. A worker "
+              "whose requests all wait for its runtime thread has nothing "
+              "to do and its CPU idles, while that thread waits for the "
+              "other worker's CPU, busy; the scheduler may not move it. "
+              "Without affinity it may, with `inherit` the thread "
+              "runs where its worker waits, and in mode (d) it may run on "
+              "either CPU while the workers stay bound." % "; ".join(idle))
+            d = wrk_row(b, "every", 32, "ffi-c")
+            p = wrk_row(b, "pinned", 32, "ffi-c")
+            if d and p:
+                w("")
+                w("Mode (d) is mode (b) with `ffi_runtime_cpus %s`: ffi C "
+                  "served %s requests/s there, %.0f%% of pure Lua's rate "
+                  "in that mode, against %s and %.0f%% in mode (b) (pure "
+                  "Lua's own rate varies between modes with the machine's "
+                  "noise: section 2). With a bound worker on every CPU, few "
+                  "CPUs "
+                  "and calls that keep the workers busy, naming every CPU "
+                  "in `ffi_runtime_cpus` is the setting to try; the "
+                  "default keeps runtime threads off their worker's CPU, "
+                  "as issue 16 asks, and costs here what the idle share "
+                  "shows." % (ALL_CPUS, num(d["rps"]), d["vs_lua"] * 100,
+                              num(p["rps"]), p["vs_lua"] * 100))
+            w("")
+        w("The rest is CPU. Mode (b): pure Lua served %s requests/s, so a "
+          "request took %.1f µs of this machine's %d CPUs (wrk, the kernel "
+          "and nginx together). ffi C at %.0f%% of that rate leaves a "
+          "request %.1f µs of CPU more than pure Lua's. Section 5's "
+          "profile of the same mode (workers' threads only) puts ffi C at "
+          "%.2f µs a request and pure Lua at %.2f, %.2f more:"
+          % (num(rate["rps"]), ncpu * 1e6 / rate["rps"], ncpu, want * 100,
+             budget, cpu_of(ffi), cpu_of(lua), cpu_of(ffi) - cpu_of(lua)))
+        w("")
+        w("| part | ffi C | pure Lua | more |")
+        w("|---|---:|---:|---:|")
+        other = [k for k in set(ffi["cats"]) | set(lua["cats"])
+                 if k not in HANDOFF_CATS + CALL_CATS]
+        for name, cats in [
+                ("hand-off: futex, eventfd, epoll_wait, sched_yield, "
+                 "spinning", HANDOFF_CATS),
+                ("the call's own work: ffi module, queue mutex and "
+                 "condition variable (user side), malloc/free of the "
+                 "answer, copies, LuaJIT, lua-nginx-module, clock reads, "
+                 "the runtime's code", CALL_CATS),
+                ("the HTTP work both do: its syscalls, the kernel, nginx, "
+                 "libc", other)]:
+            a, c = cpu_of(ffi, cats), cpu_of(lua, cats)
+            w("| %s | %.2f | %.2f | %+.2f |" % (name, a, c, a - c))
+        w("")
+        w("On the other worker's busy CPU, a runtime thread waits for its "
+          "next task either asleep, each hand-off then a wake onto a busy "
+          "CPU (\"futex, two CPUs, busy neighbour\" above: what the busy "
+          "thread loses a round trip), or spinning and yielding, on time "
+          "the busy worker loses (\"spin, two CPUs, busy neighbour\": the "
+          "least of it, a peer that answers at once) and with a turn on "
+          "that CPU only when the scheduler gives one. bench/notes.md has "
+          "what was tried against it.")
+        w("")
+
+    r = b.results.get("reload")
+    if r and spawn.get(0) and spawn.get(1):
+        w("### Reload under load")
+        w("")
+        w("A reload of a changed file tries it in a process of its own "
+          "before any worker maps it (`ffi_trial`, on by default): that "
+          "process alone starts in %.2f ms (median) with the CPUs idle "
+          "and %.2f ms with every CPU busy, against the %d ms the target "
+          "allows the whole reload (check, trial, prepare in every worker, "
+          "commit); the reload took %.2f ms (median) under wrk. bench/"
+          "notes.md has the trace of each step and the figures without "
+          "the trial."
+          % (spawn[0]["median_ms"], spawn[1]["median_ms"],
+             RELOAD_MEDIAN_MS, r["t200_median"]))
+        w("")
+
+
 def report_commands(w, b):
     w("## Commands")
     w("")
@@ -588,10 +740,12 @@ def report(b, chart):
       "throughput are measured in each CPU mode: (a) no CPU affinity "
       "(nginx's default); (b) `worker_cpu_affinity auto` with the "
       "module's default policy for runtime threads; (c) the same with "
-      "`ffi_runtime_cpus inherit` (runtime threads on their worker's CPU), "
-      "where the module knows the directive (`nginx -t` decides).%s"
+      "`ffi_runtime_cpus inherit` (runtime threads on their worker's CPU); "
+      "(d) the same with `ffi_runtime_cpus` naming every CPU (runtime "
+      "threads may run where their worker runs too); (c) and (d) where "
+      "the module knows the directive (`nginx -t` decides).%s"
       % ("" if "inherit" in [m for m, _ in modes(b)] else
-         " This module does not: mode (c) was skipped."))
+         " This module does not: modes (c) and (d) were skipped."))
     w("")
     if run["http_conf"]:
         w("Added to nginx.conf's http block (BENCH_HTTP_CONF): `%s`"
@@ -609,8 +763,9 @@ def report(b, chart):
     w("")
     w("| target | measured | met |")
     w("|---|---|---|")
+    why = " (section 7)" if b.results.get("floor") else ""
     for name, got, ok, _ in targets(b):
-        w("| %s | %s | %s |" % (name, got, "yes" if ok else "**no**"))
+        w("| %s | %s | %s |" % (name, got, "yes" if ok else "**no**" + why))
     name, got, ok = mcost_target(b)
     w("| %s | %s | %s |" % (name, got, "n/a" if ok is None else
                             "yes" if ok else "**no**"))
@@ -628,6 +783,8 @@ def report(b, chart):
         report_profile(w, b.results["profile"])
     if b.results.get("mcost"):
         report_mcost(w, b.results["mcost"])
+    if b.results.get("floor"):
+        report_floor(w, b)
     report_commands(w, b)
 
     notes = os.path.join(BENCH, "notes.md")

@@ -37,6 +37,9 @@ mkdir -p "$out"
 "$cc" -O2 -g -Wall -Wextra -Werror -pthread -o "$out/uds_echo" \
     bench/uds_echo.c
 
+# what a thread hand-off and a process start cost on this machine
+"$cc" -O2 -g -Wall -Wextra -Werror -pthread -o "$out/floor" bench/floor.c
+
 # the Go server: GOPATH mode, standard library only, caches in $out
 GO111MODULE=off GOPROXY=off GOCACHE="$out/.gocache" GOPATH="$out/.gopath" \
     go build -o "$out/uds_echo_go.tmp" bench/uds_echo.go

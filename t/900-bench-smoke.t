@@ -56,10 +56,11 @@ my $run = $json ? decode_json($json)->{results} : {};
 
 my @modes = qw(unpinned pinned);
 # mode (c) exists only where the module knows ffi_runtime_cpus
-my $inherit = $log =~ /ffi_runtime_cpus inherit: measured/;
-like($log, qr/ffi_runtime_cpus inherit: (measured|skipped)/,
-     'the harness says whether it measures ffi_runtime_cpus inherit');
-push @modes, 'inherit' if $inherit;
+# (and mode (d), every CPU for runtime threads)
+my $inherit = $log =~ /ffi_runtime_cpus inherit and every CPU: measured/;
+like($log, qr/ffi_runtime_cpus inherit(?: and every CPU)?: (measured|skipped)/,
+     'the harness says whether it measures ffi_runtime_cpus');
+push @modes, 'inherit', 'every' if $inherit;
 
 for my $mode (@modes) {
     for my $way (@ways) {
@@ -106,7 +107,30 @@ ok($run->{reload} && $run->{reload}{lost} == 0,
    'reloads under load, none lost');
 ok($run->{memory} && $run->{memory}{after_reloads2} > 0, 'memory measured');
 
+# the machine's floor, before nginx: every hand-off case (two of them
+# need two CPUs), then process starts idle and with every CPU busy
+my @floor = @{ $run->{floor} // [] };
+my @handoffs = grep { $_->{what} eq 'handoff' } @floor;
+my @spawns = grep { $_->{what} eq 'spawn' } @floor;
+my $ncpu = () = (slurp('/proc/cpuinfo') // '') =~ /^processor\s*:/mg;
+is(scalar @handoffs, 5, 'bench/floor measured 5 hand-off cases')
+    if $ncpu >= 2;
+ok(!grep({ !($_->{rounds} > 0 && $_->{wall_us} > 0 && $_->{cpu_us} > 0) }
+         @handoffs), 'every hand-off case has rounds, wall and CPU time');
+is(join(',', map { $_->{busy_per_cpu} } @spawns), '0,1',
+   'process starts measured idle, then with every CPU busy');
+ok(!grep({ !($_->{median_ms} > 0 && $_->{p90_ms} >= $_->{median_ms}) }
+         @spawns), 'process starts have a median and a p90');
+
 my $md = slurp("$out/results.md") // '';
+like($md, qr/## 7\. What the misses come from\n\n### The machine's floor/,
+     'results.md has section 7 and the floor');
+like($md,
+     qr/\| futex, two CPUs, busy neighbour \| [\d.]+ \| [\d.]+ \| [\d.]+ \|/,
+     'the floor table has the busy-neighbour row')
+    if $ncpu >= 2;
+like($md, qr/### Reload under load\n\nA reload of a changed file tries it/,
+     'section 7 explains the reload with the process start');
 for my $target (
     qr/sequential 512 B, .*ffi C >= 10x uds C/,
     qr/sequential 100 KB, .*ffi C >= 8x uds C/,
