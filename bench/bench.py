@@ -78,6 +78,11 @@ def main():
                 timed(ffiprofile.run_profile, b,
                       ["seq512", "wrk32", "wrk32lua"])
             b.stop_nginx()
+            if mode == "pinned":
+                # the reload protocol without its trial process
+                b.start_nginx(mode, http_conf=HTTP_CONF + " ffi_trial off;")
+                timed(measure.run_reload, b, "reload_notrial")
+                b.stop_nginx()
         # after the modes: its nginx restarts do not disturb their runs
         timed(measure.run_metrics_cost, b)
     finally:

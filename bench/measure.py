@@ -224,9 +224,12 @@ def wait_settled(b):
     return (time.perf_counter() - t0) * 1e3
 
 
-def run_reload(b):
+def run_reload(b, key="reload"):
+    """key: where the figures go; "reload_notrial" for a run of an nginx
+    with `ffi_trial off` (what the rest of the protocol costs)."""
     log("== reload: %d reloads alternating two builds, one every %d ms, "
-        "under wrk -c32" % (RELOADS, RELOAD_EVERY_MS))
+        "under wrk -c32%s" % (RELOADS, RELOAD_EVERY_MS,
+                              ", ffi_trial off" if key != "reload" else ""))
     wait_settled(b)
     load = b.wrk("/ffi-c?size=%d" % WRK_SIZE, 32, 3600, threads=1)
     # both workers serve the library before the first reload is timed
@@ -256,7 +259,7 @@ def run_reload(b):
          "tall_p90": percentile(tall, 90),
          "requests": w["requests"], "rps": w["rps"],
          "lost": w["errors"] + w["non2xx"], "unmapped_ms": unmapped}
-    b.results["reload"] = r
+    b.results[key] = r
     log("  POST -> 200: median %.2f ms, p90 %.2f ms, max %.2f ms"
         % (r["t200_median"], r["t200_p90"], r["t200_max"]))
     log("  POST -> status shows every worker on it: median %.2f ms, "

@@ -245,7 +245,8 @@ def targets(b):
                      % RELOAD_MEDIAN_MS, "%.2f ms" % r["t200_median"],
                      r["t200_median"] <= RELOAD_MEDIAN_MS,
                      RELOAD_MEDIAN_MS / max(r["t200_median"], 1e-3)))
-        lost = r["lost"] + b.results.get("memory", {}).get("lost", 0)
+        lost = (r["lost"] + b.results.get("memory", {}).get("lost", 0)
+                + b.results.get("reload_notrial", {}).get("lost", 0))
         rows.append(("reload: no request lost", "%d lost" % lost, lost == 0,
                      None))
     m = b.results.get("memory")
@@ -377,7 +378,7 @@ def report_wrk(w, b):
     w("")
 
 
-def report_reload(w, r):
+def report_reload(w, r, notrial=None):
     w("## 3. Reload")
     w("")
     w("%d reloads (`POST /ffi/reload?lib=demo`), one every %d ms, each "
@@ -393,6 +394,11 @@ def report_reload(w, r):
     w("| POST -> `/ffi/status` shows every worker serving it | %.2f ms "
       "| %.2f ms | %.2f ms |"
       % (r["tall_median"], r["tall_p90"], max(r["tall"])))
+    if notrial:
+        w("| POST -> 200, another nginx with `ffi_trial off` (no trial "
+          "process: the rest of the protocol) | %.2f ms | %.2f ms | "
+          "%.2f ms |" % (notrial["t200_median"], notrial["t200_p90"],
+                         notrial["t200_max"]))
     w("")
     w("The first status read after the 200 already showed every worker on "
       "the new version in %d of %d reloads. Requests served during the "
@@ -401,6 +407,11 @@ def report_reload(w, r):
       "(ffi_close_grace)."
       % (r["first_status"], r["n"], num(r["requests"]), num(r["rps"]),
          r["lost"], r["unmapped_ms"]))
+    if notrial:
+        w("")
+        w("With `ffi_trial off`: %d reloads, %s requests served meanwhile, "
+          "lost: **%d**." % (notrial["n"], num(notrial["requests"]),
+                             notrial["lost"]))
     w("")
 
 
@@ -673,11 +684,13 @@ def report_floor(w, b):
           "process alone starts in %.2f ms (median) with the CPUs idle "
           "and %.2f ms with every CPU busy, against the %d ms the target "
           "allows the whole reload (check, trial, prepare in every worker, "
-          "commit); the reload took %.2f ms (median) under wrk. bench/"
-          "notes.md has the trace of each step and the figures without "
-          "the trial."
+          "commit); the reload took %.2f ms (median) under wrk%s. "
+          "bench/notes.md has a trace of each step."
           % (spawn[0]["median_ms"], spawn[1]["median_ms"],
-             RELOAD_MEDIAN_MS, r["t200_median"]))
+             RELOAD_MEDIAN_MS, r["t200_median"],
+             ", and %.2f ms in an nginx with `ffi_trial off` (section 3)"
+             % b.results["reload_notrial"]["t200_median"]
+             if b.results.get("reload_notrial") else ""))
         w("")
 
 
@@ -776,7 +789,7 @@ def report(b, chart):
     if b.results.get("wrk"):
         report_wrk(w, b)
     if b.results.get("reload"):
-        report_reload(w, b.results["reload"])
+        report_reload(w, b.results["reload"], b.results.get("reload_notrial"))
     if b.results.get("memory"):
         report_memory(w, b.results["memory"])
     if b.results.get("profile"):
@@ -806,7 +819,7 @@ def print_table(b):
     if b.results.get("wrk"):
         report_wrk(w, b)
     if b.results.get("reload"):
-        report_reload(w, b.results["reload"])
+        report_reload(w, b.results["reload"], b.results.get("reload_notrial"))
     if b.results.get("memory"):
         report_memory(w, b.results["memory"])
     if b.results.get("mcost"):

@@ -105,6 +105,9 @@ if ($history) {
 
 ok($run->{reload} && $run->{reload}{lost} == 0,
    'reloads under load, none lost');
+ok($run->{reload_notrial} && $run->{reload_notrial}{lost} == 0
+   && $run->{reload_notrial}{t200_median} > 0,
+   'reloads under load with ffi_trial off, none lost');
 ok($run->{memory} && $run->{memory}{after_reloads2} > 0, 'memory measured');
 
 # the machine's floor, before nginx: every hand-off case (two of them
@@ -131,6 +134,8 @@ like($md,
     if $ncpu >= 2;
 like($md, qr/### Reload under load\n\nA reload of a changed file tries it/,
      'section 7 explains the reload with the process start');
+like($md, qr/\| POST -> 200, another nginx with `ffi_trial off` .* ms \|\n/,
+     'section 3 has the reload without the trial');
 for my $target (
     qr/sequential 512 B, .*ffi C >= 10x uds C/,
     qr/sequential 100 KB, .*ffi C >= 8x uds C/,
