@@ -21,6 +21,14 @@
 
 #define FLOOR_SPAWNS  60
 
+#if defined(__x86_64__) || defined(__i386__)
+#define floor_pause()  __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define floor_pause()  __asm__ volatile ("yield")
+#else
+#define floor_pause()
+#endif
+
 
 extern char  **environ;
 
@@ -39,7 +47,9 @@ static int            floor_stop;
 static floor_case_t  *floor_now;
 static long           floor_rounds;
 static double         floor_cpu_ns[2];
-static uint64_t       floor_busy_count;
+static uint64_t       floor_busy_count;  /* published every 1024 loops */
+static int           *floor_cpus;        /* the CPUs this process may use */
+static int            floor_ncpus;
 
 
 static double
@@ -65,9 +75,10 @@ floor_bind(int cpu)
 
 
 /*
- * The spin is the module's queue spin (ngx_http_lua_ffi_queue_spin): a
- * pause per look, a sched_yield() every 64 looks, so that a thread that
- * shares the CPU gets it.
+ * The spin is shaped like the module's queue spin (ngx_http_lua_ffi_queue_
+ * spin): a pause a look, a sched_yield() every 64 looks, so that a thread
+ * that shares the CPU gets it; without its time limit and on both sides,
+ * so a lower bound of what spinning costs.
  */
 
 static void
@@ -86,7 +97,7 @@ floor_wait_turn(int me)
             (void) sched_yield();
         }
 
-        __builtin_ia32_pause();
+        floor_pause();
     }
 }
 
@@ -117,7 +128,24 @@ floor_bounce(void *arg)
 }
 
 
-/* the saturated neighbour: counts what it gets done */
+static void
+floor_start(pthread_t *t, void *(*fn)(void *), intptr_t arg)
+{
+    int  rc;
+
+    rc = pthread_create(t, NULL, fn, (void *) arg);
+    if (rc != 0) {
+        fprintf(stderr, "floor: pthread_create: %s\n", strerror(rc));
+        exit(1);
+    }
+}
+
+
+/*
+ * The saturated neighbour: counts what it gets done, and publishes the
+ * count as it goes, so that a reader takes it over any window it likes.
+ */
+
 static void *
 floor_busy(void *arg)
 {
@@ -126,69 +154,100 @@ floor_busy(void *arg)
     floor_bind((int) (intptr_t) arg);
 
     while (!__atomic_load_n(&floor_stop, __ATOMIC_RELAXED)) {
-        n++;
+        if ((++n & 1023) == 0) {
+            __atomic_store_n(&floor_busy_count, n, __ATOMIC_RELAXED);
+        }
     }
-
-    __atomic_store_n(&floor_busy_count, n, __ATOMIC_RELEASE);
 
     return NULL;
 }
 
 
-static uint64_t
+/* what the neighbour gets done a second, over secs, alone on its CPU */
+static double
 floor_busy_rate(int cpu, double secs)
 {
+    uint64_t   n0;
     pthread_t  busy;
-    double     start;
+    double     t0;
 
     floor_stop = 0;
-    start = floor_ns(CLOCK_MONOTONIC);
-    (void) pthread_create(&busy, NULL, floor_busy, (void *) (intptr_t) cpu);
+    floor_busy_count = 0;
+    floor_start(&busy, floor_busy, cpu);
+    (void) usleep(10000);
+
+    n0 = __atomic_load_n(&floor_busy_count, __ATOMIC_RELAXED);
+    t0 = floor_ns(CLOCK_MONOTONIC);
     (void) usleep((useconds_t) (secs * 1e6));
+    n0 = __atomic_load_n(&floor_busy_count, __ATOMIC_RELAXED) - n0;
+    t0 = floor_ns(CLOCK_MONOTONIC) - t0;
+
     __atomic_store_n(&floor_stop, 1, __ATOMIC_RELEASE);
     (void) pthread_join(busy, NULL);
 
-    return floor_busy_count / ((floor_ns(CLOCK_MONOTONIC) - start) / 1e9);
+    return n0 / (t0 / 1e9);
+}
+
+
+/* one run of rounds round trips: its wall time, the neighbour's count */
+static double
+floor_bounce_run(floor_case_t *c, long rounds, uint64_t *busy_done)
+{
+    uint64_t   n0;
+    pthread_t  t[2], busy;
+    double     start, wall;
+
+    floor_rounds = rounds;
+    floor_turn = 0;
+    floor_stop = 0;
+    floor_busy_count = 0;
+
+    if (c->neighbour) {
+        floor_start(&busy, floor_busy, c->cpu[1]);
+        (void) usleep(10000);
+    }
+
+    n0 = __atomic_load_n(&floor_busy_count, __ATOMIC_RELAXED);
+    start = floor_ns(CLOCK_MONOTONIC);
+    floor_start(&t[0], floor_bounce, 0);
+    floor_start(&t[1], floor_bounce, 1);
+    (void) pthread_join(t[0], NULL);
+    (void) pthread_join(t[1], NULL);
+    wall = floor_ns(CLOCK_MONOTONIC) - start;
+    *busy_done = __atomic_load_n(&floor_busy_count, __ATOMIC_RELAXED) - n0;
+
+    __atomic_store_n(&floor_stop, 1, __ATOMIC_RELEASE);
+    if (c->neighbour) {
+        (void) pthread_join(busy, NULL);
+    }
+
+    return wall;
 }
 
 
 static void
 floor_handoff(floor_case_t *c, double secs)
 {
-    long       rounds;
-    double     start, wall, alone, with;
-    pthread_t  t[2], busy;
+    long      rounds;
+    double    wall, alone;
+    uint64_t  done;
 
     floor_now = c;
-    alone = c->neighbour ? floor_busy_rate(c->cpu[1], secs) : 0;
 
-    /* a short first run sets the rounds so that the real one takes secs */
+    /* short runs find how many rounds take about secs */
     for (rounds = 1000; ; rounds *= 4) {
-        floor_rounds = rounds;
-        floor_turn = 0;
-        floor_stop = 0;
-
-        if (c->neighbour) {
-            (void) pthread_create(&busy, NULL, floor_busy,
-                                  (void *) (intptr_t) c->cpu[1]);
-        }
-
-        start = floor_ns(CLOCK_MONOTONIC);
-        (void) pthread_create(&t[0], NULL, floor_bounce, (void *) 0);
-        (void) pthread_create(&t[1], NULL, floor_bounce, (void *) 1);
-        (void) pthread_join(t[0], NULL);
-        (void) pthread_join(t[1], NULL);
-        wall = floor_ns(CLOCK_MONOTONIC) - start;
-
-        __atomic_store_n(&floor_stop, 1, __ATOMIC_RELEASE);
-        if (c->neighbour) {
-            (void) pthread_join(busy, NULL);
-        }
-
-        if (wall > secs * 1e9 / 8 || rounds > 100000000) {
+        wall = floor_bounce_run(c, rounds, &done);
+        if (wall > secs * 1e9 / 16 || rounds > 100000000) {
             break;
         }
     }
+
+    rounds = (long) (rounds * (secs * 1e9 / wall));
+    if (rounds < 1000) {
+        rounds = 1000;
+    }
+
+    wall = floor_bounce_run(c, rounds, &done);
 
     printf("{\"what\": \"handoff\", \"name\": \"%s\", \"cpus\": [%d, %d], "
            "\"rounds\": %ld, \"wall_us\": %.3f, \"cpu_us\": %.3f",
@@ -196,9 +255,11 @@ floor_handoff(floor_case_t *c, double secs)
            (floor_cpu_ns[0] + floor_cpu_ns[1]) / rounds / 1e3);
 
     if (c->neighbour) {
-        with = floor_busy_count / (wall / 1e9);
+        /* the neighbour alone, right after, over as long a time */
+        alone = floor_busy_rate(c->cpu[1], wall / 1e9);
         printf(", \"neighbour_lost_us\": %.3f",
-               alone > 0 ? (1 - with / alone) * wall / rounds / 1e3 : 0.0);
+               alone > 0 ? (1 - done / (wall / 1e9) / alone)
+                           * wall / rounds / 1e3 : 0.0);
     }
 
     printf("}\n");
@@ -222,19 +283,25 @@ floor_cmp(const void *a, const void *b)
  */
 
 static void
-floor_spawn(const char *self, int ncpus, int busy)
+floor_spawn(const char *self, int busy)
 {
-    int                          i, fd[2];
+    int                          i, n, fd[2];
     double                       t0, t1, ms[FLOOR_SPAWNS];
     pid_t                        pid;
-    pthread_t                    th[64];
+    pthread_t                   *th;
     posix_spawn_file_actions_t   fa;
     char                        *argv[] = { "floor", "--child", NULL };
 
+    n = busy * floor_ncpus;
+    th = calloc(n + 1, sizeof(pthread_t));
+    if (th == NULL) {
+        perror("calloc");
+        exit(1);
+    }
+
     floor_stop = 0;
-    for (i = 0; i < busy * ncpus && i < 64; i++) {
-        (void) pthread_create(&th[i], NULL, floor_busy,
-                              (void *) (intptr_t) (i % ncpus));
+    for (i = 0; i < n; i++) {
+        floor_start(&th[i], floor_busy, floor_cpus[i % floor_ncpus]);
     }
 
     for (i = 0; i < FLOOR_SPAWNS; i++) {
@@ -267,9 +334,11 @@ floor_spawn(const char *self, int ncpus, int busy)
     }
 
     __atomic_store_n(&floor_stop, 1, __ATOMIC_RELEASE);
-    for (i = 0; i < busy * ncpus && i < 64; i++) {
+    for (i = 0; i < n; i++) {
         (void) pthread_join(th[i], NULL);
     }
+
+    free(th);
 
     qsort(ms, FLOOR_SPAWNS, sizeof(double), floor_cmp);
 
@@ -284,7 +353,7 @@ floor_spawn(const char *self, int ncpus, int busy)
 int
 main(int argc, char **argv)
 {
-    int           i, n, cpus[2];
+    int           i;
     double        secs, t;
     cpu_set_t     set;
     floor_case_t  cases[] = {
@@ -306,31 +375,37 @@ main(int argc, char **argv)
         return 2;
     }
 
-    /* the first two CPUs this process may use */
+    /* the CPUs this process may use (taskset, a cpuset) */
     if (sched_getaffinity(0, sizeof(set), &set) != 0) {
         perror("sched_getaffinity");
         return 1;
     }
 
-    for (i = 0, n = 0; i < CPU_SETSIZE && n < 2; i++) {
+    floor_cpus = calloc(CPU_SETSIZE, sizeof(int));
+    if (floor_cpus == NULL) {
+        perror("calloc");
+        return 1;
+    }
+
+    for (i = 0; i < CPU_SETSIZE; i++) {
         if (CPU_ISSET(i, &set)) {
-            cpus[n++] = i;
+            floor_cpus[floor_ncpus++] = i;
         }
     }
 
+    /* one CPU: only the first case means anything */
     for (i = 0; i < (int) (sizeof(cases) / sizeof(cases[0])); i++) {
-        cases[i].cpu[0] = cpus[0];
-        cases[i].cpu[1] = (i == 0 || n < 2) ? cpus[0] : cpus[1];
-
-        if (i > 0 && n < 2) {
-            continue;
+        if (i > 0 && floor_ncpus < 2) {
+            break;
         }
 
+        cases[i].cpu[0] = floor_cpus[0];
+        cases[i].cpu[1] = (i == 0) ? floor_cpus[0] : floor_cpus[1];
         floor_handoff(&cases[i], secs);
     }
 
-    floor_spawn("/proc/self/exe", CPU_COUNT(&set), 0);
-    floor_spawn("/proc/self/exe", CPU_COUNT(&set), 1);
+    floor_spawn("/proc/self/exe", 0);
+    floor_spawn("/proc/self/exe", 1);
 
     return 0;
 }

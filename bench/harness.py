@@ -122,8 +122,8 @@ MODES = [
      "auto", "inherit"),
     # runtime threads may also run where their worker runs: the scheduler
     # is free again, the workers stay bound
-    ("every", "`worker_cpu_affinity auto` + `ffi_runtime_cpus %s` (every "
-     "CPU)" % ALL_CPUS, "auto", ALL_CPUS),
+    ("every", "`worker_cpu_affinity auto` + `ffi_runtime_cpus` every CPU",
+     "auto", ALL_CPUS),
 ]
 MODE_TITLE = {k: t for k, t, _, _ in MODES}
 

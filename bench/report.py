@@ -267,6 +267,18 @@ METRICS_TARGET = ("metrics cost within noise (issue 15): ffi C, sequential "
                   "before it (section 6)")
 
 
+def where_explained(b, name):
+    """The section that speaks of a missed target, if any."""
+    limits = b.results.get("floor") or any(
+        "idle_pct" in r for r in b.results.get("wrk", []))
+    if limits and (name.startswith("wrk c32, affinity auto")
+                   or name.startswith("reload: 200")):
+        return " (section 7)"
+    if b.results.get("profile") and name.startswith("wrk c32"):
+        return " (section 5)"
+    return ""
+
+
 def noise(values):
     """The spread of one side's rounds, relative to their median."""
     mid = sorted(values)[(len(values) - 1) // 2]
@@ -345,10 +357,12 @@ def report_wrk(w, b):
       "%d-byte answers, in %d rounds that take every way in turn; the "
       "round with the median rate stands for the way (its p99 too), the "
       "range shows the noise; failed counts every round. wrk runs on the "
-      "same 2 CPUs. Idle: the share of the machine's CPU time nothing "
-      "used during the median round (/proc/stat; its first and last "
-      "eighth left out).%s"
+      "same 2 CPUs.%s%s"
       % (WRK_SECS, WRK_SIZE, WRK_ROUNDS,
+         " Idle: the share of the CPU time (the CPUs the benchmark may "
+         "use) nothing used during the median round (/proc/stat; its "
+         "first and last eighth left out)."
+         if any("idle_pct" in r for r in b.results.get("wrk", [])) else "",
          " Tiny mode (a smoke run): figures meaningless." if TINY
          else ""))
     w("")
@@ -557,23 +571,31 @@ def cpu_of(p, cats=None):
                if cats is None or k in cats) / 1e3 / p["calls"]
 
 
+def run_cpus(b):
+    """The CPUs the run could use: saved with it (an older run: this
+    process's)."""
+    run = b.results.get("run", {})
+    return (run.get("cpus", ALL_CPUS),
+            run.get("ncpus", len(ALL_CPUS.split(","))))
+
+
 def report_floor(w, b):
     floor = b.results["floor"]
     hand = {r["name"]: r for r in floor if r["what"] == "handoff"}
     spawn = {r["busy_per_cpu"]: r for r in floor if r["what"] == "spawn"}
-    w("## 7. What the misses come from")
-    w("")
     w("### The machine's floor")
     w("")
     w("bench/floor.c, run before nginx starts: two threads hand a turn to "
       "each other and back (a round trip, as a call and its answer), "
-      "waiting on a futex or spinning as the module's queue does (a pause "
-      "a look, `sched_yield()` every 64); on one CPU or on two; with a "
-      "thread that never sleeps on the second CPU, as a saturated worker "
-      "is in mode (b), and what that thread loses. Then %d process starts "
+      "waiting on a futex or spinning (shaped like the module's queue "
+      "spin, a pause a look and `sched_yield()` every 64, but without its "
+      "time limit and on both sides: a lower bound); on one CPU or on two; "
+      "with a thread that never sleeps on the second CPU, as a saturated "
+      "worker, and what that thread loses. Then %d process starts "
       "(`posix_spawn()` of a small program until its `main()` runs: what "
       "a reload's trial costs before any library is mapped), with the CPUs "
-      "idle and with a busy thread on every CPU."
+      "idle and with a busy thread on every CPU (a harsher load than "
+      "wrk's). One run: on this VM the figures move between runs."
       % (list(spawn.values())[0]["spawns"] if spawn else 0))
     w("")
     w("| hand-off, round trip | wall µs | CPU µs (both threads) | the busy "
@@ -593,105 +615,141 @@ def report_floor(w, b):
              r["median_ms"], r["p90_ms"], r["max_ms"]))
     w("")
 
+
+def report_idle(w, b):
+    """Bound workers: the idle share of each mode, and mode (d)."""
+    cpus, ncpus = run_cpus(b)
+    idle = []
+    for config, short in (("pinned", "mode (b)"),
+                          ("unpinned", "no affinity"),
+                          ("inherit", "`ffi_runtime_cpus inherit`"),
+                          ("every", "mode (d), every CPU")):
+        f = wrk_row(b, config, 32, "ffi-c")
+        u = wrk_row(b, config, 32, "lua")
+        if f and u and "idle_pct" in f and "idle_pct" in u:
+            idle.append("%s %.0f%% (pure Lua %.0f%%)"
+                        % (short, f["idle_pct"], u["idle_pct"]))
+    if not idle:
+        return
+    w("### Bound workers: idle CPUs")
+    w("")
+    w("Under wrk -c32, ffi C left this share of the CPU time unused "
+      "(section 2): %s." % "; ".join(idle))
+    if ncpus == 2:
+        w("With `worker_cpu_affinity auto` and 2 workers on 2 CPUs, the "
+          "one CPU a runtime thread may use by default is the other "
+          "worker's. The idle share in mode (b) is consistent with a "
+          "worker whose requests all wait for its runtime thread, its own "
+          "CPU idle, while that thread waits for the other worker's CPU; "
+          "without affinity the scheduler may move the thread, with "
+          "`inherit` it runs where its worker waits, and in mode (d) it "
+          "may run on either CPU while the workers stay bound.")
+    d = wrk_row(b, "every", 32, "ffi-c")
+    p = wrk_row(b, "pinned", 32, "ffi-c")
+    if d and p:
+        w("")
+        w("Mode (d) is mode (b) with `ffi_runtime_cpus %s`: ffi C served "
+          "%s requests/s there (%.0f%% of pure Lua's rate in that mode), "
+          "against %s (%.0f%%) in mode (b); pure Lua's own rate moves "
+          "between modes with the machine's noise (section 2)."
+          % (cpus, num(d["rps"]), d["vs_lua"] * 100, num(p["rps"]),
+             p["vs_lua"] * 100))
+        if d["rps"] > p["rps"]:
+            w("Naming every CPU in `ffi_runtime_cpus` is the setting to "
+              "try where every CPU has a bound worker and calls keep the "
+              "workers busy; it costs sequential calls a little (section "
+              "1), as a runtime thread may then share its worker's CPU. "
+              "The default keeps runtime threads off their worker's CPU, "
+              "as issue 16 asks.")
+    w("")
+
+
+def report_cpu(w, b):
+    """Mode (b): the CPU a request of ffi C takes beyond pure Lua's."""
     ffi = profile_of(b, "wrk32", "pinned")
     lua = profile_of(b, "wrk32lua", "pinned")
     rate = wrk_row(b, "pinned", 32, "lua")
     want = dict(((f, o), x) for f, o, x in WRK_TARGETS)[("ffi-c", "lua")]
-    if ffi and lua and rate and rate["rps"]:
-        ncpu = b.results["run"]["machine"]["nproc"]
-        budget = (1 / want - 1) * ncpu * 1e6 / rate["rps"]
-        w("### Bound workers: idle CPUs, and where an ffi call's CPU goes")
-        w("")
-        idle = []
-        for config, short in (("pinned", "mode (b)"),
-                              ("unpinned", "no affinity"),
-                              ("inherit", "`ffi_runtime_cpus inherit`"),
-                              ("every", "mode (d), every CPU")):
-            f = wrk_row(b, config, 32, "ffi-c")
-            u = wrk_row(b, config, 32, "lua")
-            if f and u and "idle_pct" in f and "idle_pct" in u:
-                idle.append("%s %.0f%% (pure Lua %.0f%%)"
-                            % (short, f["idle_pct"], u["idle_pct"]))
-        if idle:
-            w("Under wrk -c32, ffi C left this share of the machine's CPU "
-              "time unused (section 2): %s. With `worker_cpu_affinity "
-              "auto` and as many workers as CPUs, every CPU a runtime "
-              "thread may use by default is another worker's. A worker "
-              "whose requests all wait for its runtime thread has nothing "
-              "to do and its CPU idles, while that thread waits for the "
-              "other worker's CPU, busy; the scheduler may not move it. "
-              "Without affinity it may, with `inherit` the thread "
-              "runs where its worker waits, and in mode (d) it may run on "
-              "either CPU while the workers stay bound." % "; ".join(idle))
-            d = wrk_row(b, "every", 32, "ffi-c")
-            p = wrk_row(b, "pinned", 32, "ffi-c")
-            if d and p:
-                w("")
-                w("Mode (d) is mode (b) with `ffi_runtime_cpus %s`: ffi C "
-                  "served %s requests/s there, %.0f%% of pure Lua's rate "
-                  "in that mode, against %s and %.0f%% in mode (b) (pure "
-                  "Lua's own rate varies between modes with the machine's "
-                  "noise: section 2). With a bound worker on every CPU, few "
-                  "CPUs "
-                  "and calls that keep the workers busy, naming every CPU "
-                  "in `ffi_runtime_cpus` is the setting to try; the "
-                  "default keeps runtime threads off their worker's CPU, "
-                  "as issue 16 asks, and costs here what the idle share "
-                  "shows." % (ALL_CPUS, num(d["rps"]), d["vs_lua"] * 100,
-                              num(p["rps"]), p["vs_lua"] * 100))
-            w("")
-        w("The rest is CPU. Mode (b): pure Lua served %s requests/s, so a "
-          "request took %.1f µs of this machine's %d CPUs (wrk, the kernel "
-          "and nginx together). ffi C at %.0f%% of that rate leaves a "
-          "request %.1f µs of CPU more than pure Lua's. Section 5's "
-          "profile of the same mode (workers' threads only) puts ffi C at "
-          "%.2f µs a request and pure Lua at %.2f, %.2f more:"
-          % (num(rate["rps"]), ncpu * 1e6 / rate["rps"], ncpu, want * 100,
-             budget, cpu_of(ffi), cpu_of(lua), cpu_of(ffi) - cpu_of(lua)))
-        w("")
-        w("| part | ffi C | pure Lua | more |")
-        w("|---|---:|---:|---:|")
-        other = [k for k in set(ffi["cats"]) | set(lua["cats"])
-                 if k not in HANDOFF_CATS + CALL_CATS]
-        for name, cats in [
-                ("hand-off: futex, eventfd, epoll_wait, sched_yield, "
-                 "spinning", HANDOFF_CATS),
-                ("the call's own work: ffi module, queue mutex and "
-                 "condition variable (user side), malloc/free of the "
-                 "answer, copies, LuaJIT, lua-nginx-module, clock reads, "
-                 "the runtime's code", CALL_CATS),
-                ("the HTTP work both do: its syscalls, the kernel, nginx, "
-                 "libc", other)]:
-            a, c = cpu_of(ffi, cats), cpu_of(lua, cats)
-            w("| %s | %.2f | %.2f | %+.2f |" % (name, a, c, a - c))
-        w("")
-        w("On the other worker's busy CPU, a runtime thread waits for its "
-          "next task either asleep, each hand-off then a wake onto a busy "
-          "CPU (\"futex, two CPUs, busy neighbour\" above: what the busy "
-          "thread loses a round trip), or spinning and yielding, on time "
-          "the busy worker loses (\"spin, two CPUs, busy neighbour\": the "
-          "least of it, a peer that answers at once) and with a turn on "
-          "that CPU only when the scheduler gives one. bench/notes.md has "
-          "what was tried against it.")
-        w("")
+    if not (ffi and lua and rate and rate["rps"]):
+        return
+    _, ncpus = run_cpus(b)
+    per = ncpus * 1e6 / rate["rps"]
+    w("### Bound workers: where an ffi call's CPU goes")
+    w("")
+    w("Mode (b): pure Lua served %s requests/s%s, %.1f µs of the %d "
+      "CPUs' time a request (wrk, the kernel and "
+      "nginx together). Were throughput set by CPU alone, the %.0f%% "
+      "target would allow an ffi C request %.1f µs more than that. "
+      "Section 5's profile of the same mode (workers' threads only) puts "
+      "ffi C at %.2f µs a request and pure Lua at %.2f, %+.2f:"
+      % (num(rate["rps"]), " (%.0f%% of the CPU time idle)"
+         % rate["idle_pct"] if "idle_pct" in rate else "", per, ncpus,
+         want * 100,
+         (1 / want - 1) * per, cpu_of(ffi), cpu_of(lua),
+         cpu_of(ffi) - cpu_of(lua)))
+    w("")
+    w("| part | ffi C | pure Lua | more |")
+    w("|---|---:|---:|---:|")
+    other = [k for k in set(ffi["cats"]) | set(lua["cats"])
+             if k not in HANDOFF_CATS + CALL_CATS]
+    for name, cats in [
+            ("hand-off: futex, eventfd, epoll_wait, sched_yield, spinning",
+             HANDOFF_CATS),
+            ("the call's own work: ffi module, queue mutex and condition "
+             "variable (user side), malloc/free of the answer, copies, "
+             "LuaJIT, lua-nginx-module, clock reads, the runtime's code",
+             CALL_CATS),
+            ("the HTTP work both do: its syscalls, the kernel, nginx, libc",
+             other)]:
+        a, c = cpu_of(ffi, cats), cpu_of(lua, cats)
+        w("| %s | %.2f | %.2f | %+.2f |" % (name, a, c, a - c))
+    w("")
+    w("A runtime thread whose only CPUs are busy waits for its next task "
+      "either asleep, each hand-off then a wake onto a busy CPU (\"futex, "
+      "two CPUs, busy neighbour\" in the floor: what the busy thread "
+      "loses a round trip), or spinning and yielding, on time the busy "
+      "thread loses (\"spin, two CPUs, busy neighbour\": the least of it, "
+      "a peer that answers at once). bench/notes.md has what was tried "
+      "against it.")
+    w("")
 
+
+def report_reload_floor(w, b):
     r = b.results.get("reload")
-    if r and spawn.get(0) and spawn.get(1):
-        w("### Reload under load")
-        w("")
-        w("A reload of a changed file tries it in a process of its own "
-          "before any worker maps it (`ffi_trial`, on by default): that "
-          "process alone starts in %.2f ms (median) with the CPUs idle "
-          "and %.2f ms with every CPU busy, against the %d ms the target "
-          "allows the whole reload (check, trial, prepare in every worker, "
-          "commit); the reload took %.2f ms (median) under wrk%s. "
-          "bench/notes.md has a trace of each step."
-          % (spawn[0]["median_ms"], spawn[1]["median_ms"],
-             RELOAD_MEDIAN_MS, r["t200_median"],
-             ", and %.2f ms in an nginx with `ffi_trial off` (section 3)"
-             % b.results["reload_notrial"]["t200_median"]
-             if b.results.get("reload_notrial") else ""))
-        w("")
+    spawn = {x["busy_per_cpu"]: x for x in b.results.get("floor", [])
+             if x["what"] == "spawn"}
+    if not (r and spawn.get(0) and spawn.get(1)):
+        return
+    w("### Reload under load")
+    w("")
+    w("A reload of a changed file tries it in a process of its own "
+      "before any worker maps it (`ffi_trial`, on by default): a process "
+      "start alone takes %.2f ms (median) here with the CPUs idle and "
+      "%.2f ms with a busy thread on every CPU (the floor above), against "
+      "the %d ms the target allows the whole reload (check, trial, "
+      "prepare in every worker, commit). The reload took %.2f ms (median) "
+      "under wrk%s. bench/notes.md has a trace of each step."
+      % (spawn[0]["median_ms"], spawn[1]["median_ms"], RELOAD_MEDIAN_MS,
+         r["t200_median"],
+         ", and %.2f ms in an nginx with `ffi_trial off` (section 3)"
+         % b.results["reload_notrial"]["t200_median"]
+         if b.results.get("reload_notrial") else ""))
+    w("")
+
+
+def report_limits(w, b):
+    """Section 7: what the run shows about its throughput and reload
+    figures, from the floor, the idle shares and the profile."""
+    if not (b.results.get("floor") or any("idle_pct" in r for r in
+                                          b.results.get("wrk", []))):
+        return
+    w("## 7. What limits throughput and reload time")
+    w("")
+    if b.results.get("floor"):
+        report_floor(w, b)
+    report_idle(w, b)
+    report_cpu(w, b)
+    report_reload_floor(w, b)
 
 
 def report_commands(w, b):
@@ -753,12 +811,14 @@ def report(b, chart):
       "throughput are measured in each CPU mode: (a) no CPU affinity "
       "(nginx's default); (b) `worker_cpu_affinity auto` with the "
       "module's default policy for runtime threads; (c) the same with "
-      "`ffi_runtime_cpus inherit` (runtime threads on their worker's CPU); "
-      "(d) the same with `ffi_runtime_cpus` naming every CPU (runtime "
-      "threads may run where their worker runs too); (c) and (d) where "
-      "the module knows the directive (`nginx -t` decides).%s"
-      % ("" if "inherit" in [m for m, _ in modes(b)] else
-         " This module does not: modes (c) and (d) were skipped."))
+      "`ffi_runtime_cpus inherit` (runtime threads on their worker's "
+      "CPU)%s, where the module knows the directive (`nginx -t` "
+      "decides).%s"
+      % ("; (d) the same with `ffi_runtime_cpus` naming every CPU "
+         "(runtime threads may run where their worker runs too)"
+         if "every" in [m for m, _ in modes(b)] else "",
+         "" if "inherit" in [m for m, _ in modes(b)] else
+         " This module does not: mode (c) was skipped."))
     w("")
     if run["http_conf"]:
         w("Added to nginx.conf's http block (BENCH_HTTP_CONF): `%s`"
@@ -776,9 +836,9 @@ def report(b, chart):
     w("")
     w("| target | measured | met |")
     w("|---|---|---|")
-    why = " (section 7)" if b.results.get("floor") else ""
     for name, got, ok, _ in targets(b):
-        w("| %s | %s | %s |" % (name, got, "yes" if ok else "**no**" + why))
+        w("| %s | %s | %s |" % (name, got, "yes" if ok else "**no**"
+                                + where_explained(b, name)))
     name, got, ok = mcost_target(b)
     w("| %s | %s | %s |" % (name, got, "n/a" if ok is None else
                             "yes" if ok else "**no**"))
@@ -796,8 +856,7 @@ def report(b, chart):
         report_profile(w, b.results["profile"])
     if b.results.get("mcost"):
         report_mcost(w, b.results["mcost"])
-    if b.results.get("floor"):
-        report_floor(w, b)
+    report_limits(w, b)
     report_commands(w, b)
 
     notes = os.path.join(BENCH, "notes.md")

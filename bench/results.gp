@@ -8,7 +8,7 @@ set encoding utf8
 
 ffi = "#1f77b4"; uds = "#ff7f0e"; lua = "#7f7f7f"; other = "#2ca02c"
 bad = "#d62728"
-array modecol[4] = ["#9ecae1", "#1f77b4", "#08306b", "#6baed6"]
+array modecol[4] = ["#9ecae1", "#1f77b4", "#08306b", "#fd8d3c"]
 
 set style data histograms
 set style histogram clustered gap 1
