@@ -21,13 +21,31 @@ my $repo = FFITest::repo();
 # many came back unchanged
 our $init = <<'LUA';
 function echo_check(label, rt, n, width)
+    echo_run(label, rt, n, width, function(i)
+        return string.rep(string.char(i % 256), i) .. i
+    end)
+end
+
+-- echo_burst(label, rt, n): n calls in flight at once (more than the Go
+-- echo's batch of 64 can hold, though how many a poll takes is up to the
+-- threads), every 4th of them empty (a zero-length string), the others of
+-- n sizes
+function echo_burst(label, rt, n)
+    echo_run(label, rt, n, n, function(i)
+        return i % 4 == 0 and "" or string.rep(string.char(i % 256), i)
+    end)
+end
+
+-- both: width light threads share calls 1..n (thread t makes calls t,
+-- t + width, ...), call i sends req(i); logs how many came back unchanged
+function echo_run(label, rt, n, width, req)
     local good = 0
 
     local function caller(first)
         for i = first, n, width do
-            local req = string.rep(string.char(i % 256), i) .. i
-            local ok, res = rt:echo(req)
-            if ok and res == req then
+            local r = req(i)
+            local ok, res = rt:echo(r)
+            if ok and res == r then
                 good = good + 1
             end
         end
@@ -39,32 +57,6 @@ function echo_check(label, rt, n, width)
     end
     for t = 1, width do
         ngx.thread.wait(threads[t])
-    end
-
-    ngx.log(ngx.NOTICE, label, ": ", good, " of ", n, " calls echoed")
-end
-
--- echo_burst(label, rt, n): n calls in flight at once (more than the Go
--- echo's batch of 64 can hold, though how many a poll takes is up to the
--- threads), every 4th of them empty (a zero-length string), the others of
--- n sizes
-function echo_burst(label, rt, n)
-    local good = 0
-
-    local function caller(i)
-        local req = i % 4 == 0 and "" or string.rep(string.char(i % 256), i)
-        local ok, res = rt:echo(req)
-        if ok and res == req then
-            good = good + 1
-        end
-    end
-
-    local threads = {}
-    for i = 1, n do
-        threads[i] = ngx.thread.spawn(caller, i)
-    end
-    for i = 1, n do
-        ngx.thread.wait(threads[i])
     end
 
     ngx.log(ngx.NOTICE, label, ": ", good, " of ", n, " calls echoed")
