@@ -9,7 +9,8 @@ use warnings;
 use FFITest;
 use Test::More;
 use JSON::PP;
-use MBTest qw(install release escape status worker_libs wait_until workers);
+use MBTest qw(install release escape status worker_libs wait_until workers
+             many_config);
 use WorkerConn;
 
 my $root = FFITest::servroot();
@@ -18,24 +19,7 @@ mkdir $dir, 0755;
 my $lib = "$dir/libmany.so";
 my $n = $ENV{FFI_TEST_MANY} || 120;
 
-my $config = <<"CONF";
-location /ffi/ { ffi_admin; }
-location = /pid { content_by_lua_block { ngx.print(ngx.worker.pid()) } }
-location = /many {
-    content_by_lua_block {
-        for i = 1, tonumber(ngx.var.arg_n) do
-            local rt = assert(ngx.load_ffi("$lib", "cfg-" .. i))
-            if ngx.var.arg_call then
-                assert(rt:call("version"))
-            end
-            if ngx.var.arg_unload then
-                rt:__unload()
-            end
-        end
-        ngx.say("done")
-    }
-}
-CONF
+my $config = many_config($lib);
 
 install(release('v1'), $lib);
 FFITest::start_nginx(workers => 2, config => $config,

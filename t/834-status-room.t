@@ -10,7 +10,8 @@ use strict;
 use warnings;
 use FFITest;
 use Test::More;
-use MBTest qw(install release status worker_libs workers);
+use MBTest qw(install release status worker_libs workers
+             many_config);
 use WorkerConn;
 
 my $root = FFITest::servroot();
@@ -19,18 +20,7 @@ mkdir $dir, 0755;
 my $lib = "$dir/libmany.so";
 my $n = 120;
 
-my $config = <<"CONF";
-location /ffi/ { ffi_admin; }
-location = /pid { content_by_lua_block { ngx.print(ngx.worker.pid()) } }
-location = /many {
-    content_by_lua_block {
-        for i = 1, tonumber(ngx.var.arg_n) do
-            assert(ngx.load_ffi("$lib", "cfg-" .. i))
-        end
-        ngx.say("done")
-    }
-}
-CONF
+my $config = many_config($lib);
 
 install(release('v1'), $lib);
 FFITest::start_nginx(workers => 2, config => $config);

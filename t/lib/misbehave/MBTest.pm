@@ -13,7 +13,8 @@ use Time::HiRes qw(time sleep);
 use FFITest;
 
 our @EXPORT_OK = qw(mb_lib release install escape reload status
-                    worker_libs footprint wait_until elf_patch workers);
+                    worker_libs footprint wait_until elf_patch workers
+                    many_config);
 
 my $REPO = FFITest::repo();
 my $DIR = "$REPO/t/lib/misbehave";
@@ -101,6 +102,32 @@ sub wait_until {
         return 0 if time > $deadline;
         sleep 0.02;
     }
+}
+
+
+# nginx.conf locations for many runtimes of one library: the admin API,
+# /pid, and /many?n=N, which loads $lib N times with cfgs cfg-1 .. cfg-N
+# (each a runtime of its own); &call also calls each, &unload unloads it
+sub many_config {
+    my ($lib) = @_;
+    return <<"CONF";
+location /ffi/ { ffi_admin; }
+location = /pid { content_by_lua_block { ngx.print(ngx.worker.pid()) } }
+location = /many {
+    content_by_lua_block {
+        for i = 1, tonumber(ngx.var.arg_n) do
+            local rt = assert(ngx.load_ffi("$lib", "cfg-" .. i))
+            if ngx.var.arg_call then
+                assert(rt:call("version"))
+            end
+            if ngx.var.arg_unload then
+                rt:__unload()
+            end
+        end
+        ngx.say("done")
+    }
+}
+CONF
 }
 
 
